@@ -1,0 +1,22 @@
+# sedsft: SED-SFT -> GRPO -> evaluation on math reasoning, one cached DAG.
+#   snakemake --cores all results/tiny/rl_eval.json
+# Stages live in workflow/rules/<stage>.smk; each rule calls `sedsft <stage>` from src/.
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/sft.smk"
+include: "workflow/rules/diversity.smk"
+include: "workflow/rules/rl.smk"
+include: "workflow/rules/eval.smk"
+
+
+rule all:
+    input:
+        "results/tiny/rl_eval.json",
+        "results/tiny/sft_eval.json",
+        "results/tiny/sft/diversity.json",
+    default_target: True

@@ -1,0 +1,218 @@
+"""`sedsft <stage>`: every workflow stage as a command, runnable by hand outside Snakemake.
+
+Settings come either from the workflow (`--settings` JSON: the stage's slice of the resolved
+experiment) or, by hand, from `--config config.yaml --experiment NAME`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from sedsft import config as C
+from sedsft.benchmarks import BenchmarkError
+from sedsft.hardware import HardwareError
+from sedsft.sources import DataError
+
+log = logging.getLogger("sedsft")
+
+
+def _settings(args) -> dict:
+    if args.settings:
+        return json.loads(args.settings)
+    if not args.config:
+        raise C.ConfigError("give --settings JSON or --config FILE with --experiment NAME")
+    raw = C.load_config(args.config)
+    settings = C.experiment_settings(raw, args.experiment, Path(args.config).resolve().parent)
+    C.parse_experiment(settings, args.experiment)  # full check when run by hand
+    return settings
+
+
+def _write(path: str, payload: dict, args, settings: dict, started: float) -> None:
+    from sedsft.data import write_json
+    from sedsft.provenance import provenance
+
+    payload["provenance"] = provenance(args.experiment, settings, stage=args.stage,
+                                       seconds=round(time.time() - started, 2))
+    write_json(path, payload)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def tiny_task(args, s):
+    from sedsft.tinytask import generate
+
+    tiny = C.section(s, C.TinyModelConfig, "model.tiny")
+    counts = generate(args.out_dir, seed=s["seed"], pretrain_problems=tiny.pretrain_problems,
+                      sft_problems=tiny.sft_problems, rl_problems=tiny.rl_problems,
+                      test_problems=tiny.test_problems, max_operand=tiny.max_operand)
+    return {"rows": counts}
+
+
+def base_model(args, s):
+    from sedsft.tinymodel import build_and_pretrain
+
+    tiny = C.section(s, C.TinyModelConfig, "model.tiny")
+    return build_and_pretrain(args.task_dir, args.out_dir, tiny, s["seed"], s["system_prompt"])
+
+
+def sft_data(args, s):
+    from sedsft.data import prepare_sft
+
+    return prepare_sft(args.source, C.section(s, C.SFTDataConfig, "data.sft"), C.section(s, C.ModelConfig, "model"),
+                       args.tokenizer, s["system_prompt"], args.train_out, args.val_out)
+
+
+def rl_prompts(args, s):
+    from sedsft.data import prepare_rl_prompts
+
+    return prepare_rl_prompts(args.source, C.section(s, C.RLDataConfig, "data.rl"), s["system_prompt"], args.out)
+
+
+def benchmark(args, s):
+    from sedsft.data import prepare_benchmark
+
+    return prepare_benchmark(args.name, s["benchmarks_dir"], s["eval"]["limit"], args.out, args.tiny_test)
+
+
+def threshold(args, s):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sedsft.sft import load_sequences
+    from sedsft.threshold import calibrate
+
+    cfg = C.section(s, C.ThresholdConfig, "threshold")
+    if cfg.tau is not None:
+        return {"tau": cfg.tau, "mode": "fixed", "loss_top_k": s["sft"]["top_k"]}
+    model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32,
+                                                 trust_remote_code=s["model"]["trust_remote_code"])
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return calibrate(model, load_sequences(args.val), mode=cfg.mode, loss_top_k=s["sft"]["top_k"],
+                     ratio=s["sft"]["ratio"], max_sequences=cfg.max_sequences)
+
+
+def sft(args, s):
+    from sedsft.sft import read_tau, train
+
+    cfg = C.section(s, C.SFTConfig, "sft")
+    tau = read_tau(args.threshold) if cfg.loss == "sed" else None
+    return train(args.base, C.section(s, C.ModelConfig, "model"), cfg, s["seed"], args.train, tau,
+                 args.out_dir, args.work_dir)
+
+
+def diversity(args, s):
+    from sedsft.diversity import measure, sampling_of, select_prompts
+    from sedsft.generation import generate_to_file, read_generations
+
+    cfg = C.section(s, C.DiversityConfig, "diversity")
+    prompts = select_prompts(args.prompts, cfg.num_prompts, s["seed"])
+    summary = generate_to_file(args.model, prompts, args.samples, sampling_of(cfg, s["seed"]),
+                               batch_size=cfg.batch_size, trust_remote_code=s["model"]["trust_remote_code"])
+    return {"model": args.model, **measure(read_generations(args.samples), prompts), "generation": summary}
+
+
+def rl(args, s):
+    from sedsft.rl import train
+
+    return train(args.model, C.section(s, C.RLConfig, "rl"), s["seed"], args.prompts, args.out_dir,
+                 args.work_dir, trust_remote_code=s["model"]["trust_remote_code"])
+
+
+def generate(args, s):
+    import pandas as pd
+
+    from sedsft.generation import SamplingSettings, generate_to_file
+
+    ev = s["eval"]
+    sampling = SamplingSettings(n=ev["sampling"]["n"], temperature=ev["sampling"]["temperature"],
+                                top_p=ev["sampling"]["top_p"], max_new_tokens=ev["max_new_tokens"], seed=s["seed"])
+    problems = pd.read_parquet(args.benchmark).to_dict("records")
+    prompts = [{"id": p["id"], "messages": [{"role": "system", "content": s["system_prompt"]},
+                                            {"role": "user", "content": p["problem"]}]} for p in problems]
+    return generate_to_file(args.model, prompts, args.out, sampling, backend=ev["backend"],
+                            batch_size=ev["batch_size"], trust_remote_code=s["model"]["trust_remote_code"])
+
+
+def grade(args, s):
+    from sedsft.evaluate import grade_file
+
+    return grade_file(args.generations, args.benchmark, args.out, workers=s["eval"]["grading_workers"],
+                      timeout_s=s["eval"]["grading_timeout_s"])
+
+
+def report(args, s):
+    from sedsft.evaluate import markdown_table, summarize
+
+    def pairs(values):
+        return dict(v.split("=", 1) for v in values)
+
+    result = summarize(pairs(args.graded), pairs(args.generation_meta), pairs(args.bench_meta), args.model)
+    if args.diversity:
+        with open(args.diversity) as fh:
+            diversity = json.load(fh)
+        result["sft_diversity"] = {k: v for k, v in diversity.items() if k not in ("provenance", "generation")}
+    Path(args.out_md).write_text(f"# {args.experiment}: {args.label}\n\n" + markdown_table(result, args.label))
+    return result
+
+
+STAGES = {
+    "tiny-task": (tiny_task, [("--out-dir", True)]),
+    "base-model": (base_model, [("--task-dir", True), ("--out-dir", True)]),
+    "sft-data": (sft_data, [("--source", True), ("--tokenizer", True), ("--train-out", True), ("--val-out", True)]),
+    "rl-prompts": (rl_prompts, [("--source", True), ("--out", True)]),
+    "benchmark": (benchmark, [("--name", True), ("--out", True), ("--tiny-test", False)]),
+    "threshold": (threshold, [("--base", True), ("--val", True)]),
+    "sft": (sft, [("--base", True), ("--train", True), ("--threshold", False), ("--out-dir", True),
+                  ("--work-dir", True)]),
+    "diversity": (diversity, [("--model", True), ("--prompts", True), ("--samples", True)]),
+    "rl": (rl, [("--model", True), ("--prompts", True), ("--out-dir", True), ("--work-dir", True)]),
+    "generate": (generate, [("--model", True), ("--benchmark", True), ("--out", True)]),
+    "grade": (grade, [("--generations", True), ("--benchmark", True), ("--out", True)]),
+    "report": (report, [("--model", True), ("--label", True), ("--out-md", True), ("--diversity", False)]),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="sedsft", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="stage", required=True)
+    for name, (_, options) in STAGES.items():
+        sub = commands.add_parser(name)
+        sub.add_argument("--experiment", required=True, help="experiment name (provenance; config lookup)")
+        sub.add_argument("--settings", help="the stage's settings as JSON (what the workflow passes)")
+        sub.add_argument("--config", help="config.yaml, when running by hand")
+        sub.add_argument("--summary", required=True, help="JSON file: the stage's result and provenance")
+        for flag, required in options:
+            sub.add_argument(flag, required=required)
+        if name == "report":
+            for flag in ("--graded", "--generation-meta", "--bench-meta"):
+                sub.add_argument(flag, nargs="+", required=True, metavar="BENCH=PATH")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    started = time.time()
+    try:
+        settings = _settings(args)
+        run, _ = STAGES[args.stage]
+        result = run(args, settings)
+    except (C.ConfigError, DataError, BenchmarkError, HardwareError, FileNotFoundError) as error:
+        # one clear line, not a traceback from deep inside a library
+        print(f"sedsft {args.stage}: error: {error}", file=sys.stderr)
+        return 2
+    _write(args.summary, result, args, settings, started)
+    log.info("%s done in %.1f s -> %s", args.stage, time.time() - started, args.summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""Experiment configuration: config.yaml -> validated, merged, typed settings.
+
+One experiment = `defaults` deep-merged with the experiment's overrides (and those of the
+experiment it `extends`). The JSON schema in workflow/schemas/ is the config's documentation;
+validation errors name the offending key. This module must stay import-light (no torch): the
+Snakefile imports it at DAG-load time.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_RELPATH = Path("workflow") / "schemas" / "config.schema.yaml"
+
+# The sections each stage reads. A rule passes exactly these to its command (as `params`),
+# so editing one section re-runs only the stages that read it.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "tiny_task": ("seed", "system_prompt", "model.tiny"),
+    "base_model": ("seed", "system_prompt", "model"),
+    "sft_data": ("seed", "system_prompt", "model", "data.sft"),
+    "rl_prompts": ("seed", "system_prompt", "data.rl"),
+    "benchmark": ("benchmarks_dir", "eval.limit"),
+    "threshold": ("seed", "model", "threshold", "sft.top_k", "sft.ratio"),
+    "sft": ("seed", "model", "sft"),
+    "diversity": ("seed", "system_prompt", "model.trust_remote_code", "diversity"),
+    "rl": ("seed", "model.trust_remote_code", "rl"),
+    # plus the one benchmark's sampling settings: see generate_settings()
+    "generate": ("seed", "system_prompt", "model.trust_remote_code", "eval.backend",
+                 "eval.batch_size", "eval.max_new_tokens"),
+    "grade": ("eval.grading_workers", "eval.grading_timeout_s"),
+}
+
+
+class ConfigError(ValueError):
+    """A config problem, with a message that names the file and the key."""
+
+
+# ----------------------------------------------------------------------------- typed view
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int
+    pretrain_problems: int
+    pretrain_steps: int
+    pretrain_batch_size: int
+    pretrain_learning_rate: float
+    sft_problems: int
+    rl_problems: int
+    test_problems: int
+    max_operand: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str | None  # Hub id or local folder; None when `tiny` builds the base model
+    trust_remote_code: bool
+    tiny: TinyModelConfig | None
+
+
+@dataclass(frozen=True)
+class SFTDataConfig:
+    source: str | None
+    split: str
+    messages_field: str | None
+    question_field: str
+    answer_field: str
+    train_rows: int
+    val_rows: int
+    max_length: int
+
+
+@dataclass(frozen=True)
+class RLDataConfig:
+    source: str
+    split: str
+    question_field: str
+    answer_field: str
+    max_prompts: int | None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sft: SFTDataConfig
+    rl: RLDataConfig
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    mode: str  # consistent | upstream
+    max_sequences: int | None
+    tau: float | None  # a fixed tau skips calibration
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    loss: str
+    sed_lambda: float
+    top_k: int
+    ratio: float
+    gem_beta: float
+    gem_weighting: str
+    learning_rate: float
+    lr_scheduler: str
+    warmup_ratio: float
+    weight_decay: float
+    epochs: float
+    max_steps: int
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    gradient_checkpointing: bool
+    logging_steps: int
+    save_steps: int
+
+
+@dataclass(frozen=True)
+class DiversityConfig:
+    num_prompts: int
+    num_samples: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    reward: str
+    learning_rate: float
+    beta: float
+    epsilon: float
+    epsilon_high: float
+    loss_type: str
+    num_generations: int
+    prompts_per_step: int
+    mini_batch_prompts: int
+    per_device_batch_size: int
+    temperature: float
+    top_p: float
+    max_prompt_length: int
+    max_completion_length: int
+    epochs: float
+    max_steps: int
+    max_grad_norm: float
+    save_steps: int
+    logging_steps: int
+    use_vllm: bool
+    vllm_mode: str
+    vllm_gpu_memory_utilization: float
+    vllm_tensor_parallel_size: int
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int
+    temperature: float
+    top_p: float
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    benchmarks: list[str]
+    limit: int | None
+    backend: str
+    batch_size: int
+    max_new_tokens: int
+    sampling: Sampling
+    per_benchmark: dict[str, Sampling]
+    grading_workers: int
+    grading_timeout_s: float
+
+    def sampling_for(self, benchmark: str) -> Sampling:
+        return self.per_benchmark.get(benchmark, self.sampling)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    seed: int
+    system_prompt: str
+    benchmarks_dir: str
+    model: ModelConfig
+    data: DataConfig
+    threshold: ThresholdConfig
+    sft: SFTConfig
+    diversity: DiversityConfig
+    rl: RLConfig
+    eval: EvalConfig
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model.tiny is not None
+
+    def eval_benchmarks(self) -> list[str]:
+        """The benchmarks evaluated: the configured ones plus the tiny task's own test set."""
+        return list(self.eval.benchmarks) + (["tiny"] if self.is_tiny else [])
+
+
+def _build(cls, value: Any, where: str, **given):
+    """Map a plain dict onto a (nested) dataclass; missing keys are reported by path."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    kwargs = dict(given)
+    for field in dataclasses.fields(cls):
+        if field.name in given:
+            continue
+        if field.name not in value:
+            raise ConfigError(f"{where}.{field.name}: missing (set it in defaults or the experiment)")
+        kwargs[field.name] = _build_typed(field.type, value[field.name], f"{where}.{field.name}")
+    return cls(**kwargs)
+
+
+_TYPES = {c.__name__: c for c in (TinyModelConfig, ModelConfig, SFTDataConfig, RLDataConfig,
+                                  DataConfig, ThresholdConfig, SFTConfig, DiversityConfig,
+                                  RLConfig, Sampling, EvalConfig)}
+
+
+def _build_typed(annotation: str, value: Any, where: str):
+    # Annotations are strings (PEP 563); only our dataclasses, Optional and dict[str, Sampling]
+    # need building, everything else was type-checked by the schema.
+    name = str(annotation).replace(" | None", "")
+    if value is None:
+        return None
+    if name in _TYPES:
+        return _build(_TYPES[name], value, where)
+    if name == "dict[str, Sampling]":
+        return {k: _build(Sampling, v, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _format_error(error) -> str:
+    path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"{path}: unknown key {', '.join(repr(u) for u in unknown)}{hint}"
+    return f"{path}: {error.message}"
+
+
+def validate(raw: dict, schema: dict, source: str = "config") -> None:
+    """Raise ConfigError naming every offending key (unknown, wrong type, bad value)."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n  ".join(_format_error(e) for e in errors)
+        raise ConfigError(f"{source}: invalid configuration:\n  {lines}")
+
+
+def load_schema(repo_root: Path) -> dict:
+    with open(repo_root / SCHEMA_RELPATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    """Read and validate config.yaml (plus overrides already merged by the caller)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as fh:
+        raw = yaml.safe_load(fh) or {}
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    validate(raw, load_schema(path.resolve().parent), str(path))
+    return raw
+
+
+def _resolve_paths(settings: dict, root: Path) -> dict:
+    """Make relative local paths absolute against the config's folder, so that stages
+    find them whatever the working directory (tests run the workflow elsewhere)."""
+
+    def fix(value):
+        if not isinstance(value, str) or value in ("hub", "tiny") or value.startswith("/"):
+            return value
+        candidate = (root / value).resolve()
+        # A Hub id ("org/name") never exists as a local path; only dotted/relative paths move.
+        return str(candidate) if value.startswith(".") or candidate.exists() else value
+
+    settings["benchmarks_dir"] = fix(settings["benchmarks_dir"])
+    if settings["model"].get("path"):
+        settings["model"]["path"] = fix(settings["model"]["path"])
+    for section in ("sft", "rl"):
+        source = settings["data"][section].get("source")
+        if source:
+            settings["data"][section]["source"] = fix(source)
+    return settings
+
+
+def experiment_settings(config: dict, name: str, root: str | Path = ".") -> dict:
+    """The merged, path-resolved plain dict of one experiment."""
+    experiments = config.get("experiments", {})
+    if name not in experiments:
+        known = ", ".join(sorted(experiments)) or "(none)"
+        raise ConfigError(f"unknown experiment {name!r}; config.yaml defines: {known}")
+    chain, current = [], name
+    while current is not None:
+        if current in chain:
+            raise ConfigError(f"experiments.{name}: 'extends' forms a cycle: {' -> '.join(chain + [current])}")
+        if current not in experiments:
+            raise ConfigError(f"experiments.{chain[-1]}.extends: unknown experiment {current!r}")
+        chain.append(current)
+        current = experiments[current].get("extends")
+    merged = copy.deepcopy(config.get("defaults", {}))
+    for link in reversed(chain):
+        merged = deep_merge(merged, {k: v for k, v in experiments[link].items() if k != "extends"})
+    merged["benchmarks_dir"] = config.get("benchmarks_dir", "hub")
+    return _resolve_paths(merged, Path(root))
+
+
+def parse_experiment(settings: dict, name: str) -> Experiment:
+    experiment = _build(Experiment, settings, f"experiments.{name}", name=name)
+    _check_consistency(experiment)
+    return experiment
+
+
+def _check_consistency(exp: Experiment) -> None:
+    where = f"experiments.{exp.name}"
+    if exp.model.tiny is None and not exp.model.path:
+        raise ConfigError(f"{where}.model.path: set a Hub id or local folder (or model.tiny)")
+    if exp.data.sft.source is None:
+        raise ConfigError(f"{where}.data.sft.source: set a dataset (Hub id, local file or 'tiny')")
+    if (exp.data.sft.source == "tiny") != exp.is_tiny:
+        raise ConfigError(f"{where}.data.sft.source: 'tiny' data goes with model.tiny, and only with it")
+    rl = exp.rl
+    if rl.prompts_per_step % rl.mini_batch_prompts:
+        raise ConfigError(f"{where}.rl.prompts_per_step must be a multiple of rl.mini_batch_prompts")
+    if (rl.mini_batch_prompts * rl.num_generations) % rl.per_device_batch_size:
+        raise ConfigError(f"{where}.rl.per_device_batch_size must divide mini_batch_prompts * num_generations")
+    unknown = sorted(set(exp.eval.per_benchmark) - set(exp.eval_benchmarks()))
+    if unknown:
+        raise ConfigError(f"{where}.eval.per_benchmark: not an evaluated benchmark: {', '.join(unknown)}")
+
+
+def load_experiment(config_path: str | Path, name: str) -> Experiment:
+    config = load_config(config_path)
+    return parse_experiment(experiment_settings(config, name, Path(config_path).resolve().parent), name)
+
+
+# ----------------------------------------------------------------------------- stage slices
+
+
+def _get(settings: dict, dotted: str):
+    value = settings
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def stage_settings(settings: dict, stage: str) -> dict:
+    """The nested sub-dict of an experiment that one stage reads (its re-run trigger)."""
+    out: dict = {}
+    for dotted in STAGE_SECTIONS[stage]:
+        parts = dotted.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = copy.deepcopy(_get(settings, dotted))
+    return out
+
+
+def generate_settings(settings: dict, benchmark: str) -> dict:
+    """What generating one benchmark reads: editing another benchmark's sampling re-runs nothing here."""
+    out = stage_settings(settings, "generate")
+    per_benchmark = settings["eval"]["per_benchmark"]
+    out["eval"]["sampling"] = copy.deepcopy(per_benchmark.get(benchmark, settings["eval"]["sampling"]))
+    return out
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def section(settings: dict, cls, dotted: str):
+    """One typed section of a stage's settings, e.g. section(s, RLConfig, "rl")."""
+    return _build(cls, _get(settings, dotted), dotted)

@@ -1,0 +1,110 @@
+"""Data-prep stages: SFT token files, RL prompts, normalized benchmarks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sedsft.chat import IGNORE_INDEX, load_tokenizer, tokenize_conversation
+from sedsft.config import ModelConfig, RLDataConfig, SFTDataConfig
+from sedsft.sources import DataError, get_field, load_rows
+
+
+def conversation_of(row: dict, cfg: SFTDataConfig, system_prompt: str, source: str, index: int) -> list[dict]:
+    if cfg.messages_field:
+        messages = list(get_field(row, cfg.messages_field, source, index))
+        if messages and messages[0].get("role") != "system":
+            messages.insert(0, {"role": "system", "content": system_prompt})
+    else:
+        messages = [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": str(get_field(row, cfg.question_field, source, index))},
+            {"role": "assistant", "content": str(get_field(row, cfg.answer_field, source, index))},
+        ]
+    return messages
+
+
+def prepare_sft(source: str, cfg: SFTDataConfig, model: ModelConfig, tokenizer_path: str,
+                system_prompt: str, train_out: str, val_out: str) -> dict:
+    """Tokenize the first train_rows rows (train) and the next val_rows rows (validation)."""
+    import pandas as pd
+
+    tokenizer = load_tokenizer(tokenizer_path, model.trust_remote_code)
+    rows = load_rows(source, cfg.split, cfg.train_rows + cfg.val_rows)
+    if len(rows) <= cfg.train_rows:
+        raise DataError(f"{source}: {len(rows)} rows, but train_rows={cfg.train_rows} leaves none for "
+                        f"validation (val_rows={cfg.val_rows})")
+    splits = {"train": rows[: cfg.train_rows], "val": rows[cfg.train_rows:]}
+    stats = {"source": source, "max_length": cfg.max_length}
+    for split, split_rows in splits.items():
+        offset = 0 if split == "train" else cfg.train_rows
+        records, too_long = [], 0
+        for i, row in enumerate(tqdm(split_rows, desc=f"tokenize {split}", mininterval=10)):
+            index = offset + i
+            messages = conversation_of(row, cfg, system_prompt, source, index)
+            try:
+                input_ids, labels = tokenize_conversation(tokenizer, messages)
+            except ValueError as error:
+                raise DataError(f"{source}: row {index}: {error}") from None
+            if len(input_ids) > cfg.max_length:
+                too_long += 1  # dropped, not truncated: a cut-off solution teaches a missing answer
+                continue
+            records.append({"row": index, "input_ids": input_ids, "labels": labels,
+                            "num_label_tokens": sum(label != IGNORE_INDEX for label in labels)})
+        if not records:
+            raise DataError(f"{source}: no {split} sequence fits max_length={cfg.max_length}")
+        out = train_out if split == "train" else val_out
+        pd.DataFrame(records).to_parquet(out, index=False)
+        stats[split] = {"rows": len(split_rows), "kept": len(records), "dropped_too_long": too_long,
+                        "label_tokens": int(sum(r["num_label_tokens"] for r in records)),
+                        "tokens": int(sum(len(r["input_ids"]) for r in records))}
+    return stats
+
+
+def prepare_rl_prompts(source: str, cfg: RLDataConfig, system_prompt: str, out: str) -> dict:
+    """Conversational prompts (system + user) with gold answers, in TRL's prompt format."""
+    import pandas as pd
+
+    rows = load_rows(source, cfg.split, cfg.max_prompts)
+    records = []
+    for index, row in enumerate(rows):
+        question = str(get_field(row, cfg.question_field, source, index)).strip()
+        answer = str(get_field(row, cfg.answer_field, source, index)).strip()
+        if not question or not answer:
+            raise DataError(f"{source}: row {index} has an empty {'question' if not question else 'answer'}")
+        records.append({
+            "id": str(row.get("id", index)),
+            "prompt": [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}],
+            "answer": answer,
+        })
+    pd.DataFrame(records).to_parquet(out, index=False)
+    return {"source": source, "prompts": len(records)}
+
+
+def prepare_benchmark(name: str, source: str, limit: int | None, out: str, tiny_test: str | None = None) -> dict:
+    """One benchmark as {id, problem, answer} rows; skipped rows are reported, never scored."""
+    import pandas as pd
+
+    from sedsft.benchmarks import load_benchmark
+
+    if name == "tiny":
+        rows = [json.loads(line) for line in open(tiny_test)]
+        skipped = []
+    else:
+        rows, skipped = load_benchmark(name, source, limit)
+    if not rows:
+        raise DataError(f"benchmark {name}: no usable rows in {source}")
+    pd.DataFrame(rows, columns=["id", "problem", "answer"]).to_parquet(out, index=False)
+    return {"benchmark": name, "source": tiny_test or source, "problems": len(rows), "skipped": skipped}
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    """Write JSON atomically, so a killed job never leaves a half file that looks finished."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=2, default=str)
+        fh.write("\n")
+    tmp.replace(path)

@@ -1,0 +1,100 @@
+"""Grading generations and summarizing them into the eval result (`sft_eval.json`, `rl_eval.json`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sedsft.benchmarks import BENCHMARKS
+from sedsft.sources import DataError
+from sedsft.metrics import majority_correct, mean, pass_at_k, standard_error
+
+
+def grade_file(generations: str, benchmark: str, out: str, *, workers: int, timeout_s: float) -> dict:
+    """Grade every sample against the gold answer; one JSONL line per problem."""
+    import pandas as pd
+
+    from sedsft.generation import read_generations
+    from sedsft.grading import Grader
+
+    problems = pd.read_parquet(benchmark).to_dict("records")
+    generated = read_generations(generations)
+    missing = [p["id"] for p in problems if p["id"] not in generated]
+    if missing:
+        raise DataError(f"{generations}: no generations for {len(missing)} problems (e.g. {missing[0]})")
+    completions, golds = [], []
+    for problem in problems:
+        for text in generated[problem["id"]]["completions"]:
+            completions.append(text)
+            golds.append(problem["answer"])
+    with Grader(workers=workers, timeout_s=timeout_s) as grader:
+        grades = iter(grader.grade(completions, golds))
+    tmp = Path(out + ".tmp")
+    with open(tmp, "w") as fh:
+        for problem in problems:
+            samples = [next(grades) for _ in generated[problem["id"]]["completions"]]
+            fh.write(json.dumps({
+                "id": problem["id"],
+                "answer": problem["answer"],
+                "correct": [g.correct for g in samples],
+                "extracted": [g.extracted for g in samples],
+                "status": [g.status for g in samples],
+            }) + "\n")
+    tmp.replace(out)
+    return {"graded": len(completions)}
+
+
+def benchmark_metrics(graded_rows: list[dict]) -> dict:
+    """avg@n accuracy, unbiased pass@k for every k <= n, maj@n, standard error, failure counts."""
+    n = min(len(r["correct"]) for r in graded_rows)
+    per_problem = [mean(r["correct"][:n]) for r in graded_rows]
+    statuses = [s for r in graded_rows for s in r["status"][:n]]
+    return {
+        "accuracy": 100 * mean(per_problem),
+        "stderr": 100 * standard_error(per_problem),
+        "n_problems": len(graded_rows),
+        "n_samples": n,
+        "pass_at_k": {str(k): 100 * mean([pass_at_k(n, sum(r["correct"][:n]), k) for r in graded_rows])
+                      for k in range(1, n + 1)},
+        "maj_at_n": 100 * mean([majority_correct(r["extracted"][:n], r["correct"][:n]) for r in graded_rows]),
+        "no_box": statuses.count("no_box"),
+        "unparsable": sum(s in ("unparsable", "error") for s in statuses),
+        "timeouts": statuses.count("timeout"),
+    }
+
+
+def summarize(graded_files: dict[str, str], generation_meta: dict[str, str], bench_meta: dict[str, str],
+              model_dir: str) -> dict:
+    """The eval result: per-benchmark metrics and the plain mean over the eight benchmarks."""
+    benchmarks = {}
+    for name, path in graded_files.items():
+        with open(path) as fh:
+            rows = [json.loads(line) for line in fh]
+        with open(generation_meta[name]) as fh:
+            generation = json.load(fh)
+        with open(bench_meta[name]) as fh:
+            skipped = json.load(fh)["skipped"]
+        benchmarks[name] = {**benchmark_metrics(rows), "skipped_rows": len(skipped),
+                            "sampling": generation["sampling"], "backend": generation["backend"]}
+    headline = [b for b in BENCHMARKS if b in benchmarks]
+    return {
+        "model": model_dir,
+        "benchmarks": benchmarks,
+        "average": mean([benchmarks[b]["accuracy"] for b in headline]) if headline else None,
+        "average_over": headline,
+    }
+
+
+def markdown_table(result: dict, title: str) -> str:
+    names = list(result["benchmarks"])
+    header = "| model | " + " | ".join(names) + " | avg (8) |"
+    rule = "|" + "---|" * (len(names) + 2)
+    cells = [f"{result['benchmarks'][n]['accuracy']:.2f}" for n in names]
+    average = "-" if result["average"] is None else f"{result['average']:.2f}"
+    row = f"| {title} | " + " | ".join(cells) + f" | {average} |"
+    detail = ["", "| benchmark | problems | samples | acc | ± se | pass@n | maj@n | no box |", "|---" * 8 + "|"]
+    for n in names:
+        b = result["benchmarks"][n]
+        detail.append(f"| {n} | {b['n_problems']} | {b['n_samples']} | {b['accuracy']:.2f} | {b['stderr']:.2f} "
+                      f"| {b['pass_at_k'][str(b['n_samples'])]:.2f} | {b['maj_at_n']:.2f} | {b['no_box']} |")
+    return "\n".join([header, rule, row, *detail]) + "\n"

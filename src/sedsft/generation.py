@@ -1,0 +1,150 @@
+"""One generation interface, two backends: vLLM on GPUs, HF `generate` on CPU.
+
+Samples are appended to a JSONL file one prompt at a time (all n samples of a prompt in one
+line), so a killed run resumes at the first prompt without a line, and a re-grade never needs
+a re-generation.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sedsft.hardware import has_cuda, has_vllm, require_vllm
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+
+
+def choose_backend(requested: str) -> str:
+    if requested == "auto":
+        return "vllm" if has_cuda() and has_vllm() else "hf"
+    if requested == "vllm":
+        require_vllm("eval.backend: vllm")
+    return requested
+
+
+def done_ids(path: Path) -> set[str]:
+    """Prompt ids already written; a torn last line (killed mid-write) is dropped."""
+    if not path.exists():
+        return set()
+    ids, good = set(), []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                ids.add(json.loads(line)["id"])
+                good.append(line)
+            except (json.JSONDecodeError, KeyError):
+                break
+    with open(path, "w") as fh:
+        fh.writelines(good)
+    return ids
+
+
+def generate_to_file(model_dir: str, prompts: list[dict], out: str, sampling: SamplingSettings, *,
+                     backend: str = "auto", batch_size: int = 8, trust_remote_code: bool = False,
+                     tensor_parallel_size: int = 1) -> dict:
+    """prompts: [{"id", "messages"}]. Writes {"id", "completions": [...], "num_tokens": [...]}
+    per prompt to `out` (via out.partial, renamed when complete). Returns a summary."""
+    out = Path(out)
+    partial = Path(str(out) + ".partial")
+    finished = done_ids(partial)
+    todo = [p for p in prompts if p["id"] not in finished]
+    backend = choose_backend(backend)
+    if todo:
+        run = _generate_vllm if backend == "vllm" else _generate_hf
+        with open(partial, "a") as fh:
+            for record in run(model_dir, todo, sampling, batch_size, trust_remote_code, tensor_parallel_size):
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()
+    partial.replace(out)
+    return {"backend": backend, "prompts": len(prompts), "resumed_prompts": len(finished),
+            "sampling": vars(sampling)}
+
+
+def _generate_hf(model_dir, prompts, sampling: SamplingSettings, batch_size, trust_remote_code, _tp):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sedsft.chat import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir, trust_remote_code)
+    tokenizer.padding_side = "left"  # generation continues on the right
+    device = "cuda" if has_cuda() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.to(device).eval()
+    greedy = sampling.temperature == 0
+    per_batch = max(1, batch_size // sampling.n)  # batch_size counts sequences, not prompts
+    for start in tqdm(range(0, len(prompts), per_batch), desc="generate", mininterval=10):
+        batch = prompts[start:start + per_batch]
+        texts = [tokenizer.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True)
+                 for p in batch]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        # seeded per prompt id, so a resumed run draws the same samples as an uninterrupted one
+        torch.manual_seed(sampling.seed * 1_000_003 + zlib.crc32(batch[0]["id"].encode()))
+        with torch.no_grad():
+            output = model.generate(
+                **encoded,
+                do_sample=not greedy,
+                temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p,
+                top_k=None,
+                max_new_tokens=sampling.max_new_tokens,
+                num_return_sequences=sampling.n,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        new_tokens = output[:, encoded["input_ids"].shape[1]:]  # [len(batch) * n, new]
+        for i, prompt in enumerate(batch):
+            rows = new_tokens[i * sampling.n:(i + 1) * sampling.n]
+            token_lists = [_strip_padding(r.tolist(), tokenizer) for r in rows]
+            yield {
+                "id": prompt["id"],
+                "completions": tokenizer.batch_decode(token_lists, skip_special_tokens=True),
+                "token_ids": token_lists,
+                "finished": [bool(t) and t[-1] == tokenizer.eos_token_id for t in token_lists],
+            }
+
+
+def _strip_padding(ids: list[int], tokenizer) -> list[int]:
+    pad = tokenizer.pad_token_id
+    if pad == tokenizer.eos_token_id:  # keep the first eos, drop the padding after it
+        return ids[: ids.index(pad) + 1] if pad in ids else ids
+    return [t for t in ids if t != pad]
+
+
+def _generate_vllm(model_dir, prompts, sampling: SamplingSettings, batch_size, trust_remote_code, tp):
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model_dir, tensor_parallel_size=tp, seed=sampling.seed,
+              trust_remote_code=trust_remote_code)
+    params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                            max_tokens=sampling.max_new_tokens, seed=sampling.seed)
+    # vLLM schedules its own batches; chunks only bound how much work a kill can lose
+    chunk = max(batch_size, 256)
+    for start in range(0, len(prompts), chunk):
+        batch = prompts[start:start + chunk]
+        outputs = llm.chat([p["messages"] for p in batch], params, use_tqdm=True)
+        for prompt, output in zip(batch, outputs):
+            yield {
+                "id": prompt["id"],
+                "completions": [o.text for o in output.outputs],
+                "token_ids": [list(o.token_ids) for o in output.outputs],
+                "finished": [o.finish_reason == "stop" for o in output.outputs],
+            }
+
+
+def read_generations(path: str) -> dict[str, dict]:
+    with open(path) as fh:
+        return {record["id"]: record for record in map(json.loads, fh)}

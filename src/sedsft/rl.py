@@ -1,0 +1,134 @@
+"""GRPO from the SFT model with TRL's GRPOTrainer, the paper's recipe (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from sedsft.config import ConfigError, RLConfig
+from sedsft.hardware import has_cuda, require_vllm, use_bf16
+from sedsft.sources import DataError
+
+
+class MathVerifyReward:
+    """1 if the last \\boxed{} of a completion equals the gold answer by math-verify, else 0.
+    Grading runs in a process pool with timeouts: a hostile completion scores 0, never hangs."""
+
+    __name__ = "math_verify"
+
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0):
+        from sedsft.grading import Grader
+
+        self.grader = Grader(workers=workers, timeout_s=timeout_s)
+
+    def __call__(self, prompts, completions, answer, **kwargs) -> list[float]:
+        return [1.0 if g.correct else 0.0 for g in self.grader.grade(completion_texts(completions), list(answer))]
+
+
+def exact_match_reward(prompts, completions, answer, **kwargs) -> list[float]:
+    """The released code's reward: +1 if the last boxed string equals the gold string, else -1."""
+    from sedsft.grading import extract_boxed
+
+    texts = completion_texts(completions)
+    return [1.0 if (extract_boxed(t) or "").strip() == str(a).strip() else -1.0 for t, a in zip(texts, answer)]
+
+
+def completion_texts(completions) -> list[str]:
+    # conversational datasets give [{"role": "assistant", "content": ...}] per completion
+    return [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+
+
+def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int):
+    """RLConfig -> GRPOConfig. A rollout batch is prompts_per_step x num_generations completions;
+    each optimizer update sees mini_batch_prompts x num_generations of them."""
+    from trl import GRPOConfig
+
+    if cfg.use_vllm:
+        require_vllm("rl.use_vllm")
+    update_completions = cfg.mini_batch_prompts * cfg.num_generations
+    if update_completions % (cfg.per_device_batch_size * world_size):
+        raise ConfigError(f"rl: mini_batch_prompts * num_generations = {update_completions} is not divisible "
+                         f"by per_device_batch_size * processes = {cfg.per_device_batch_size * world_size}")
+    return GRPOConfig(
+        output_dir=work_dir,
+        learning_rate=cfg.learning_rate,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high,
+        loss_type=cfg.loss_type,
+        num_generations=cfg.num_generations,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=update_completions // (cfg.per_device_batch_size * world_size),
+        generation_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_completion_length=cfg.max_completion_length,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        logging_steps=cfg.logging_steps,
+        use_vllm=cfg.use_vllm,
+        vllm_mode=cfg.vllm_mode,
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        bf16=use_bf16(),
+        use_cpu=not has_cuda(),
+        seed=seed,
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def filter_prompts(rows: list[dict], tokenizer, max_prompt_length: int) -> tuple[list[dict], int]:
+    """Drop prompts longer than max_prompt_length tokens (counted, reported)."""
+    kept = []
+    for row in rows:
+        ids = tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        if len(ids) <= max_prompt_length:
+            kept.append(row)
+    return kept, len(rows) - len(kept)
+
+
+def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: str, work_dir: str,
+          trust_remote_code: bool = False, grading_workers: int = 2) -> dict:
+    import datasets
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import GRPOTrainer
+
+    from sedsft.chat import load_tokenizer
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    args = grpo_config(cfg, seed, work_dir, world_size)  # refuses GPU-only settings before any loading
+    tokenizer = load_tokenizer(sft_model, trust_remote_code)
+    tokenizer.padding_side = "left"
+    rows = pd.read_parquet(prompts_file).to_dict("records")
+    for row in rows:
+        row["prompt"] = [dict(m) for m in row["prompt"]]
+    rows, dropped = filter_prompts(rows, tokenizer, cfg.max_prompt_length)
+    if not rows:
+        raise DataError(f"{prompts_file}: every prompt is longer than rl.max_prompt_length={cfg.max_prompt_length}")
+    model = AutoModelForCausalLM.from_pretrained(
+        sft_model, dtype=torch.bfloat16 if use_bf16() else torch.float32, trust_remote_code=trust_remote_code)
+    reward = MathVerifyReward(workers=grading_workers) if cfg.reward == "math_verify" else exact_match_reward
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
+                          train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
+    resume = get_last_checkpoint(work_dir) if Path(work_dir).is_dir() else None
+    trainer.train(resume_from_checkpoint=resume)
+
+    tmp = Path(str(out_dir) + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    if isinstance(reward, MathVerifyReward):
+        reward.grader.close()
+    return {"resumed_from": resume, "global_step": trainer.state.global_step, "prompts": len(rows),
+            "dropped_too_long": dropped, "world_size": world_size, "log_history": trainer.state.log_history}

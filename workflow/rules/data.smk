@@ -1,0 +1,108 @@
+# Stage 1: data prep. The tiny task and its base model, SFT tokens, RL prompts, benchmarks.
+
+
+rule tiny_task:
+    output:
+        pretrain="results/{exp}/data/tiny/pretrain.jsonl",
+        sft="results/{exp}/data/tiny/sft.jsonl",
+        rl="results/{exp}/data/tiny/rl.jsonl",
+        test="results/{exp}/data/tiny/test.jsonl",
+        summary="results/{exp}/data/tiny/summary.json",
+    log:
+        "results/{exp}/logs/tiny_task.log",
+    benchmark:
+        "results/{exp}/benchmarks/tiny_task.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        settings=stage_json("tiny_task"),
+    shell:
+        "sedsft tiny-task --experiment {wildcards.exp} --settings {params.settings:q}"
+        " --out-dir $(dirname {output.test}) --summary {output.summary} > {log} 2>&1"
+
+
+rule base_model:
+    input:
+        pretrain="results/{exp}/data/tiny/pretrain.jsonl",
+        sft="results/{exp}/data/tiny/sft.jsonl",
+    output:
+        model=directory("results/{exp}/base/model"),
+        summary="results/{exp}/base/summary.json",
+    log:
+        "results/{exp}/logs/base_model.log",
+    benchmark:
+        "results/{exp}/benchmarks/base_model.tsv"
+    conda:
+        CONDA_ENV
+    threads: 2
+    params:
+        settings=stage_json("base_model"),
+    shell:
+        "sedsft base-model --experiment {wildcards.exp} --settings {params.settings:q}"
+        " --task-dir $(dirname {input.pretrain}) --out-dir {output.model} --summary {output.summary}"
+        " > {log} 2>&1"
+
+
+rule sft_data:
+    input:
+        tokenizer=base_model_input,
+        source=data_source_input("sft"),
+    output:
+        train="results/{exp}/data/sft_train.parquet",
+        val="results/{exp}/data/sft_val.parquet",
+        summary="results/{exp}/data/sft_data.json",
+    log:
+        "results/{exp}/logs/sft_data.log",
+    benchmark:
+        "results/{exp}/benchmarks/sft_data.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        settings=stage_json("sft_data"),
+        source=lambda w: data_source(w, "sft"),
+        tokenizer=base_model,
+    shell:
+        "sedsft sft-data --experiment {wildcards.exp} --settings {params.settings:q}"
+        " --source {params.source:q} --tokenizer {params.tokenizer:q}"
+        " --train-out {output.train} --val-out {output.val} --summary {output.summary} > {log} 2>&1"
+
+
+rule rl_prompts:
+    input:
+        source=data_source_input("rl"),
+    output:
+        prompts="results/{exp}/data/rl_prompts.parquet",
+        summary="results/{exp}/data/rl_prompts.json",
+    log:
+        "results/{exp}/logs/rl_prompts.log",
+    benchmark:
+        "results/{exp}/benchmarks/rl_prompts.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        settings=stage_json("rl_prompts"),
+        source=lambda w: data_source(w, "rl"),
+    shell:
+        "sedsft rl-prompts --experiment {wildcards.exp} --settings {params.settings:q}"
+        " --source {params.source:q} --out {output.prompts} --summary {output.summary} > {log} 2>&1"
+
+
+rule benchmark_data:
+    input:
+        tiny_test=lambda w: ["results/{exp}/data/tiny/test.jsonl"] if w.bench == "tiny" else [],
+    output:
+        problems="results/{exp}/data/bench/{bench}.parquet",
+        summary="results/{exp}/data/bench/{bench}.json",
+    log:
+        "results/{exp}/logs/benchmark_data_{bench}.log",
+    benchmark:
+        "results/{exp}/benchmarks/benchmark_data_{bench}.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        settings=stage_json("benchmark"),
+        tiny_test=lambda w, input: f"--tiny-test {input.tiny_test}" if input.tiny_test else "",
+    shell:
+        "sedsft benchmark --experiment {wildcards.exp} --settings {params.settings:q}"
+        " --name {wildcards.bench} {params.tiny_test} --out {output.problems}"
+        " --summary {output.summary} > {log} 2>&1"

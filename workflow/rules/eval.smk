@@ -1,0 +1,80 @@
+# Stage 5: evaluation. Generation and grading are separate cached steps per benchmark.
+
+
+rule generate:
+    input:
+        model="results/{exp}/{stage}/model",
+        problems="results/{exp}/data/bench/{bench}.parquet",
+    output:
+        generations="results/{exp}/eval/{stage}/{bench}.jsonl",
+        summary="results/{exp}/eval/{stage}/{bench}.generation.json",
+    log:
+        "results/{exp}/logs/generate_{stage}_{bench}.log",
+    benchmark:
+        "results/{exp}/benchmarks/generate_{stage}_{bench}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    params:
+        settings=lambda w: json.dumps(C.generate_settings(experiment(w.exp), w.bench), sort_keys=True),
+    shell:
+        "sedsft generate --experiment {wildcards.exp} --settings {params.settings:q}"
+        " --model {input.model} --benchmark {input.problems} --out {output.generations}"
+        " --summary {output.summary} > {log} 2>&1"
+
+
+rule grade:
+    input:
+        generations="results/{exp}/eval/{stage}/{bench}.jsonl",
+        problems="results/{exp}/data/bench/{bench}.parquet",
+    output:
+        graded="results/{exp}/eval/{stage}/{bench}.graded.jsonl",
+        summary="results/{exp}/eval/{stage}/{bench}.grading.json",
+    log:
+        "results/{exp}/logs/grade_{stage}_{bench}.log",
+    benchmark:
+        "results/{exp}/benchmarks/grade_{stage}_{bench}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    params:
+        settings=stage_json("grade"),
+    shell:
+        "sedsft grade --experiment {wildcards.exp} --settings {params.settings:q}"
+        " --generations {input.generations} --benchmark {input.problems} --out {output.graded}"
+        " --summary {output.summary} > {log} 2>&1"
+
+
+def eval_inputs(kind):
+    def inputs(w):
+        return [f"results/{w.exp}/{kind.format(stage=w.stage, bench=bench)}" for bench in benchmarks(w.exp)]
+
+    return inputs
+
+
+rule eval_report:
+    input:
+        model="results/{exp}/{stage}/model",
+        graded=eval_inputs("eval/{stage}/{bench}.graded.jsonl"),
+        generation=eval_inputs("eval/{stage}/{bench}.generation.json"),
+        bench=eval_inputs("data/bench/{bench}.json"),
+        # RL results carry the diversity of the SFT model they started from (the paper's link)
+        diversity=lambda w: ["results/{exp}/sft/diversity.json"] if w.stage == "rl" else [],
+    output:
+        result="results/{exp}/{stage}_eval.json",
+        table="results/{exp}/{stage}_eval.md",
+    log:
+        "results/{exp}/logs/eval_report_{stage}.log",
+    benchmark:
+        "results/{exp}/benchmarks/eval_report_{stage}.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        graded=lambda w, input: " ".join(f"{b}={p}" for b, p in zip(benchmarks(w.exp), input.graded)),
+        generation=lambda w, input: " ".join(f"{b}={p}" for b, p in zip(benchmarks(w.exp), input.generation)),
+        bench=lambda w, input: " ".join(f"{b}={p}" for b, p in zip(benchmarks(w.exp), input.bench)),
+        diversity=lambda w, input: f"--diversity {input.diversity}" if input.diversity else "",
+    shell:
+        "sedsft report --experiment {wildcards.exp} --settings '{{}}' --model {input.model}"
+        " --label {wildcards.stage} --graded {params.graded} --generation-meta {params.generation}"
+        " --bench-meta {params.bench} {params.diversity} --out-md {output.table} --summary {output.result} > {log} 2>&1"

@@ -1,0 +1,23 @@
+# Stage 4: GRPO with TRL from the SFT model (vLLM rollouts on GPUs).
+
+
+rule rl:
+    input:
+        model="results/{exp}/sft/model",
+        prompts="results/{exp}/data/rl_prompts.parquet",
+    output:
+        model=directory("results/{exp}/rl/model"),
+        summary="results/{exp}/rl/train.json",
+    log:
+        "results/{exp}/logs/rl.log",
+    benchmark:
+        "results/{exp}/benchmarks/rl.tsv"
+    conda:
+        CONDA_ENV
+    threads: 2
+    params:
+        settings=stage_json("rl"),
+    shell:
+        "sedsft rl --experiment {wildcards.exp} --settings {params.settings:q}"
+        " --model {input.model} --prompts {input.prompts} --out-dir {output.model}"
+        " --work-dir results/{wildcards.exp}/rl/checkpoints --summary {output.summary} > {log} 2>&1"

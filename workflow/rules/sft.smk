@@ -1,0 +1,47 @@
+# Stage 2: SED-SFT. tau is calibrated from the base model first, as its own artifact.
+
+
+rule threshold:
+    input:
+        base=base_model_input,
+        val="results/{exp}/data/sft_val.parquet",
+    output:
+        "results/{exp}/sft/threshold.json",
+    log:
+        "results/{exp}/logs/threshold.log",
+    benchmark:
+        "results/{exp}/benchmarks/threshold.tsv"
+    conda:
+        CONDA_ENV
+    threads: 2
+    params:
+        settings=stage_json("threshold"),
+        base=base_model,
+    shell:
+        "sedsft threshold --experiment {wildcards.exp} --settings {params.settings:q}"
+        " --base {params.base:q} --val {input.val} --summary {output} > {log} 2>&1"
+
+
+rule sft:
+    input:
+        base=base_model_input,
+        train="results/{exp}/data/sft_train.parquet",
+        threshold="results/{exp}/sft/threshold.json",
+    output:
+        model=directory("results/{exp}/sft/model"),
+        summary="results/{exp}/sft/train.json",
+    log:
+        "results/{exp}/logs/sft.log",
+    benchmark:
+        "results/{exp}/benchmarks/sft.tsv"
+    conda:
+        CONDA_ENV
+    threads: 2
+    params:
+        settings=stage_json("sft"),
+        base=base_model,
+    shell:
+        "sedsft sft --experiment {wildcards.exp} --settings {params.settings:q}"
+        " --base {params.base:q} --train {input.train} --threshold {input.threshold}"
+        " --out-dir {output.model} --work-dir results/{wildcards.exp}/sft/checkpoints"
+        " --summary {output.summary} > {log} 2>&1"
