@@ -3,7 +3,11 @@
 # Stages live in workflow/rules/<stage>.smk; each rule calls `sedsft <stage>` from src/.
 
 
-configfile: "config.yaml"
+from pathlib import Path
+
+
+# next to this file, so that `snakemake -s <repo>/Snakefile -d <elsewhere>` finds it too
+configfile: Path(workflow.basedir) / "config.yaml"
 
 
 include: "workflow/rules/common.smk"

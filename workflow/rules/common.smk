@@ -8,7 +8,7 @@ from sedsft import config as C
 
 REPO = Path(workflow.basedir)
 # conda users get the same pinned stack the package declares (tests check they agree)
-CONDA_ENV = str(REPO / "envs" / "sedsft.yaml")
+CONDA_ENV = str(REPO / "envs" / f"{config.get('conda_env', 'cpu')}.yaml")
 
 try:
     C.validate(config, C.load_schema(REPO), "config")
