@@ -303,7 +303,9 @@ def _resolve_paths(settings: dict, root: Path) -> dict:
         # A Hub id ("org/name") never exists as a local path; only dotted/relative paths move.
         return str(candidate) if value.startswith(".") or candidate.exists() else value
 
-    settings["benchmarks_dir"] = fix(settings["benchmarks_dir"])
+    benchmarks_dir = fix(settings["benchmarks_dir"])
+    # the default local folder is optional: without it, benchmarks come from the Hub
+    settings["benchmarks_dir"] = benchmarks_dir if benchmarks_dir == "hub" or Path(benchmarks_dir).is_dir() else "hub"
     if settings["model"].get("path"):
         settings["model"]["path"] = fix(settings["model"]["path"])
     for section in ("sft", "rl"):

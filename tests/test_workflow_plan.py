@@ -1,0 +1,51 @@
+"""The DAG as Snakemake plans it (dry runs: seconds, no training)."""
+
+from __future__ import annotations
+
+import yaml
+
+from workflow_helpers import planned_jobs, planned_outputs, snakemake
+
+PAPER_STAGES = {"benchmark_data", "rl_prompts", "sft_data", "threshold", "sft", "diversity", "rl",
+                "generate", "grade", "eval_report"}
+
+
+def test_llama3b_plans_every_stage(tmp_path):
+    result = snakemake(tmp_path, "-n", "results/llama3b/rl_eval.json")
+    jobs = planned_jobs(result.stdout)
+    assert set(jobs) == PAPER_STAGES  # no tiny-only stage for a Hub model
+    assert jobs["generate"] == jobs["grade"] == 8  # the eight benchmarks, RL model
+    outputs = planned_outputs(result.stdout)
+    assert any("results/llama3b/sft/threshold.json" in o for o in outputs)
+    assert any("results/llama3b/sft/diversity.json" in o for o in outputs)
+
+
+def test_tiny_plans_its_own_base_model_and_benchmark(tmp_path):
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "results/tiny/rl_eval.json").stdout)
+    assert set(jobs) == PAPER_STAGES | {"tiny_task", "base_model"}
+    assert jobs["generate"] == 9  # eight benchmarks plus the tiny task's held-out set
+
+
+def test_unknown_experiment_is_named(tmp_path):
+    result = snakemake(tmp_path, "-n", "results/no_such_exp/rl_eval.json", check=False)
+    assert result.returncode != 0
+    assert "unknown experiment 'no_such_exp'" in result.stdout + result.stderr
+    assert "tiny" in result.stdout + result.stderr  # the known ones are listed
+
+
+def test_misspelled_key_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"experiments": {"tiny": {"rl": {"lerning_rate": 1e-5}}}}))
+    result = snakemake(tmp_path, "-n", "results/tiny/rl_eval.json", configfiles=[bad], check=False)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "experiments.tiny.rl: unknown key 'lerning_rate'" in message
+    assert "Building DAG" not in message  # it stops before planning anything
+
+
+def test_wrong_type_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"defaults": {"eval": {"limit": "ten"}}}))
+    result = snakemake(tmp_path, "-n", "results/tiny/rl_eval.json", configfiles=[bad], check=False)
+    assert result.returncode != 0
+    assert "defaults.eval.limit" in result.stdout + result.stderr
