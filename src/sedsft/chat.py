@@ -38,8 +38,10 @@ def tokenize_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], l
     # the template already wrote BOS and the other special tokens as text
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     labels = []
-    for token_id, (start, _end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
-        inside = any(lo <= start < hi for lo, hi in spans)
+    for token_id, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        # overlap, not "starts inside": a template whose prompt ends in a space ("Assistant: ")
+        # merges that space into the first content token, which must still be learnt
+        inside = any(start < hi and end > lo for lo, hi in spans)
         labels.append(token_id if inside else IGNORE_INDEX)
     return list(encoded["input_ids"]), labels
 
