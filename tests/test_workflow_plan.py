@@ -14,7 +14,8 @@ def test_llama3b_plans_every_stage(tmp_path):
     result = snakemake(tmp_path, "-n", "results/llama3b/rl_eval.json")
     jobs = planned_jobs(result.stdout)
     assert set(jobs) == PAPER_STAGES  # no tiny-only stage for a Hub model
-    assert jobs["generate"] == jobs["grade"] == 8  # the eight benchmarks, RL model
+    # the eight benchmarks for the RL model and for the SFT model it is compared with
+    assert jobs["generate"] == jobs["grade"] == 16 and jobs["eval_report"] == 2
     outputs = planned_outputs(result.stdout)
     assert any("results/llama3b/sft/threshold.json" in o for o in outputs)
     assert any("results/llama3b/sft/diversity.json" in o for o in outputs)
@@ -23,7 +24,13 @@ def test_llama3b_plans_every_stage(tmp_path):
 def test_tiny_plans_its_own_base_model_and_benchmark(tmp_path):
     jobs = planned_jobs(snakemake(tmp_path, "-n", "results/tiny/rl_eval.json").stdout)
     assert set(jobs) == PAPER_STAGES | {"tiny_task", "base_model"}
-    assert jobs["generate"] == 9  # eight benchmarks plus the tiny task's held-out set
+    assert jobs["generate"] == 18  # eight benchmarks plus the tiny task's held-out set, SFT and RL
+
+
+def test_llama3b_launches_sft_through_deepspeed(tmp_path):
+    result = snakemake(tmp_path, "-n", "-p", "results/llama3b/sft/model")
+    assert "torchrun --standalone --nproc_per_node 8 -m sedsft.cli sft" in result.stdout
+    assert '"deepspeed": "zero2"' in result.stdout
 
 
 def test_unknown_experiment_is_named(tmp_path):

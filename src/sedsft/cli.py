@@ -158,7 +158,13 @@ def report(args, s):
         with open(args.diversity) as fh:
             diversity = json.load(fh)
         result["sft_diversity"] = {k: v for k, v in diversity.items() if k not in ("provenance", "generation")}
-    Path(args.out_md).write_text(f"# {args.experiment}: {args.label}\n\n" + markdown_table(result, args.label))
+    baseline = None
+    if args.baseline:
+        with open(args.baseline) as fh:
+            baseline = json.load(fh)
+        result["sft_baseline"] = {"average": baseline["average"],
+                                  "accuracy": {b: v["accuracy"] for b, v in baseline["benchmarks"].items()}}
+    Path(args.out_md).write_text(f"# {args.experiment}: {args.label}\n\n" + markdown_table(result, args.label, baseline))
     return result
 
 
@@ -175,7 +181,8 @@ STAGES = {
     "rl": (rl, [("--model", True), ("--prompts", True), ("--out-dir", True), ("--work-dir", True)]),
     "generate": (generate, [("--model", True), ("--benchmark", True), ("--out", True)]),
     "grade": (grade, [("--generations", True), ("--benchmark", True), ("--out", True)]),
-    "report": (report, [("--model", True), ("--label", True), ("--out-md", True), ("--diversity", False)]),
+    "report": (report, [("--model", True), ("--label", True), ("--out-md", True), ("--diversity", False),
+                        ("--baseline", False)]),
 }
 
 
@@ -209,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         # one clear line, not a traceback from deep inside a library
         print(f"sedsft {args.stage}: error: {error}", file=sys.stderr)
         return 2
-    _write(args.summary, result, args, settings, started)
+    from sedsft.hardware import rank
+
+    if rank() == 0:  # under torchrun every rank runs the stage; one writes its summary
+        _write(args.summary, result, args, settings, started)
     log.info("%s done in %.1f s -> %s", args.stage, time.time() - started, args.summary)
     return 0
 

@@ -121,8 +121,11 @@ class SFTConfig:
     per_device_batch_size: int
     gradient_accumulation_steps: int
     gradient_checkpointing: bool
+    max_grad_norm: float
     logging_steps: int
     save_steps: int
+    deepspeed: str | None  # zero2 | zero3 | a DeepSpeed JSON file; None: plain DDP/single process
+    num_processes: int  # ranks on this node (GPUs, or CPU processes with gloo)
 
 
 @dataclass(frozen=True)

@@ -85,16 +85,22 @@ def summarize(graded_files: dict[str, str], generation_meta: dict[str, str], ben
     }
 
 
-def markdown_table(result: dict, title: str) -> str:
+def markdown_table(result: dict, title: str, baseline: dict | None = None) -> str:
+    """A paper-style table (one row per model, the mean of the eight last), then per-benchmark detail."""
     names = list(result["benchmarks"])
-    header = "| model | " + " | ".join(names) + " | avg (8) |"
-    rule = "|" + "---|" * (len(names) + 2)
-    cells = [f"{result['benchmarks'][n]['accuracy']:.2f}" for n in names]
-    average = "-" if result["average"] is None else f"{result['average']:.2f}"
-    row = f"| {title} | " + " | ".join(cells) + f" | {average} |"
-    detail = ["", "| benchmark | problems | samples | acc | ± se | pass@n | maj@n | no box |", "|---" * 8 + "|"]
+
+    def row(label, res):
+        cells = [f"{res['benchmarks'][n]['accuracy']:.2f}" if n in res["benchmarks"] else "-" for n in names]
+        average = "-" if res["average"] is None else f"{res['average']:.2f}"
+        return f"| {label} | " + " | ".join(cells) + f" | {average} |"
+
+    lines = ["| model | " + " | ".join(names) + " | avg (8) |", "|" + "---|" * (len(names) + 2)]
+    if baseline is not None:
+        lines.append(row("sft", baseline))
+    lines.append(row(title, result))
+    lines += ["", "| benchmark | problems | samples | acc | ± se | pass@n | maj@n | no box |", "|---" * 8 + "|"]
     for n in names:
         b = result["benchmarks"][n]
-        detail.append(f"| {n} | {b['n_problems']} | {b['n_samples']} | {b['accuracy']:.2f} | {b['stderr']:.2f} "
-                      f"| {b['pass_at_k'][str(b['n_samples'])]:.2f} | {b['maj_at_n']:.2f} | {b['no_box']} |")
-    return "\n".join([header, rule, row, *detail]) + "\n"
+        lines.append(f"| {n} | {b['n_problems']} | {b['n_samples']} | {b['accuracy']:.2f} | {b['stderr']:.2f} "
+                     f"| {b['pass_at_k'][str(b['n_samples'])]:.2f} | {b['maj_at_n']:.2f} | {b['no_box']} |")
+    return "\n".join(lines) + "\n"

@@ -21,6 +21,13 @@ def use_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def rank() -> int:
+    """This process's global rank under torchrun/deepspeed (0 when not distributed)."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def has_vllm() -> bool:
     return importlib.util.find_spec("vllm") is not None
 

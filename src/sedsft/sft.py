@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from sedsft.config import ModelConfig, SFTConfig
-from sedsft.hardware import has_cuda, use_bf16
+from sedsft.config import ConfigError, ModelConfig, SFTConfig
+from sedsft.hardware import has_cuda, rank, use_bf16
 from sedsft.losses import LossSettings, causal_lm_loss
 
 
@@ -33,6 +33,18 @@ def pad_collator(pad_token_id: int):
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
     return collate
+
+
+def deepspeed_config(name: str | None) -> str | None:
+    """zero2/zero3 -> the JSON shipped with the package; anything else is a user's file."""
+    if name is None:
+        return None
+    shipped = Path(__file__).parent / "deepspeed" / f"{name}.json"
+    if shipped.is_file():
+        return str(shipped)
+    if Path(name).is_file():
+        return name
+    raise ConfigError(f"sft.deepspeed: {name!r} is neither zero2/zero3 nor an existing DeepSpeed JSON file")
 
 
 def loss_settings(cfg: SFTConfig, tau: float | None) -> LossSettings:
@@ -61,6 +73,8 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
 
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(
+        deepspeed=deepspeed_config(cfg.deepspeed),
+        max_grad_norm=cfg.max_grad_norm,
         output_dir=work_dir,
         per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -88,12 +102,18 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
     result = trainer.train(resume_from_checkpoint=resume)
 
     tmp = Path(str(out_dir) + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)  # the folder appears only once complete
-    return {"resumed_from": resume, "global_step": trainer.state.global_step,
+    if rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the shards here
+    trainer.accelerator.wait_for_everyone()
+    if rank() == 0:
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)  # the folder appears only once complete
+    return {
+        "world_size": trainer.args.world_size,
+        "deepspeed": cfg.deepspeed,"resumed_from": resume, "global_step": trainer.state.global_step,
             "train_loss": result.training_loss, "loss": settings.loss, "tau": tau,
             "log_history": trainer.state.log_history}
 

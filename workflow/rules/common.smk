@@ -71,6 +71,14 @@ def data_source_input(section):
     return inputs
 
 
+def sft_launcher(w):
+    """torchrun for DeepSpeed or several ranks (plain `python --deepspeed` would want mpi4py)."""
+    sft = experiment(w.exp)["sft"]
+    if sft["num_processes"] == 1 and sft["deepspeed"] is None:
+        return "sedsft"
+    return f"torchrun --standalone --nproc_per_node {sft['num_processes']} -m sedsft.cli"
+
+
 def benchmarks(exp):
     settings = experiment(exp)
     return list(settings["eval"]["benchmarks"]) + (["tiny"] if is_tiny(exp) else [])

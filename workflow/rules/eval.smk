@@ -60,6 +60,8 @@ rule eval_report:
         bench=eval_inputs("data/bench/{bench}.json"),
         # RL results carry the diversity of the SFT model they started from (the paper's link)
         diversity=lambda w: ["results/{exp}/sft/diversity.json"] if w.stage == "rl" else [],
+        # ... and the SFT model's scores, so the headline file shows what RL added
+        baseline=lambda w: ["results/{exp}/sft_eval.json"] if w.stage == "rl" else [],
     output:
         result="results/{exp}/{stage}_eval.json",
         table="results/{exp}/{stage}_eval.md",
@@ -74,7 +76,8 @@ rule eval_report:
         generation=lambda w, input: " ".join(f"{b}={p}" for b, p in zip(benchmarks(w.exp), input.generation)),
         bench=lambda w, input: " ".join(f"{b}={p}" for b, p in zip(benchmarks(w.exp), input.bench)),
         diversity=lambda w, input: f"--diversity {input.diversity}" if input.diversity else "",
+        baseline=lambda w, input: f"--baseline {input.baseline}" if input.baseline else "",
     shell:
         "sedsft report --experiment {wildcards.exp} --settings '{{}}' --model {input.model}"
         " --label {wildcards.stage} --graded {params.graded} --generation-meta {params.generation}"
-        " --bench-meta {params.bench} {params.diversity} --out-md {output.table} --summary {output.result} > {log} 2>&1"
+        " --bench-meta {params.bench} {params.diversity} {params.baseline} --out-md {output.table} --summary {output.result} > {log} 2>&1"

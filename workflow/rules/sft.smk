@@ -40,8 +40,9 @@ rule sft:
     params:
         settings=stage_json("sft"),
         base=base_model,
+        launcher=sft_launcher,
     shell:
-        "sedsft sft --experiment {wildcards.exp} --settings {params.settings:q}"
+        "{params.launcher} sft --experiment {wildcards.exp} --settings {params.settings:q}"
         " --base {params.base:q} --train {input.train} --threshold {input.threshold}"
         " --out-dir {output.model} --work-dir results/{wildcards.exp}/sft/checkpoints"
         " --summary {output.summary} > {log} 2>&1"
