@@ -409,7 +409,14 @@ def test_per_device_batch_size_must_divide_the_mini_batch_completions():
     raw = real_config()
     rl = raw["defaults"]["rl"]
     rl["per_device_batch_size"] = rl["mini_batch_prompts"] * rl["num_generations"] + 1
-    with pytest.raises(ConfigError, match=r"rl\.per_device_batch_size"):
+    with pytest.raises(ConfigError, match=r"rl: per_device_batch_size \* num_processes must divide"):
+        _parse("llama3b", raw)
+
+
+def test_rl_ranks_count_in_the_mini_batch_division():
+    raw = real_config()
+    raw["experiments"]["llama3b"]["rl"]["num_processes"] = 6  # 6 x 8 does not divide 32 x 8
+    with pytest.raises(ConfigError, match=r"num_processes must divide"):
         _parse("llama3b", raw)
 
 

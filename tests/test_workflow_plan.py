@@ -33,6 +33,14 @@ def test_llama3b_launches_sft_through_deepspeed(tmp_path):
     assert '"deepspeed": "zero2"' in result.stdout
 
 
+def test_llama3b_eval_uses_vllm_and_the_paper_protocol(tmp_path):
+    aime = snakemake(tmp_path, "-n", "-p", "results/llama3b/eval/rl/aime24.jsonl").stdout
+    gsm8k = snakemake(tmp_path, "-n", "-p", "results/llama3b/eval/rl/gsm8k.jsonl").stdout
+    assert '"backend": "vllm"' in aime
+    assert '"sampling": {"n": 8, "temperature": 1.0, "top_p": 1.0}' in aime  # Avg@8
+    assert '"sampling": {"n": 1, "temperature": 0.0, "top_p": 1.0}' in gsm8k  # one greedy sample
+
+
 def test_unknown_experiment_is_named(tmp_path):
     result = snakemake(tmp_path, "-n", "results/no_such_exp/rl_eval.json", check=False)
     assert result.returncode != 0

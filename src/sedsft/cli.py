@@ -104,7 +104,7 @@ def sft(args, s):
     cfg = C.section(s, C.SFTConfig, "sft")
     tau = read_tau(args.threshold) if cfg.loss == "sed" else None
     return train(args.base, C.section(s, C.ModelConfig, "model"), cfg, s["seed"], args.train, tau,
-                 args.out_dir, args.work_dir)
+                 args.out_dir, args.work_dir, metrics_file=args.metrics)
 
 
 def diversity(args, s):
@@ -137,7 +137,8 @@ def generate(args, s):
     prompts = [{"id": p["id"], "messages": [{"role": "system", "content": s["system_prompt"]},
                                             {"role": "user", "content": p["problem"]}]} for p in problems]
     return generate_to_file(args.model, prompts, args.out, sampling, backend=ev["backend"],
-                            batch_size=ev["batch_size"], trust_remote_code=s["model"]["trust_remote_code"])
+                            batch_size=ev["batch_size"], trust_remote_code=s["model"]["trust_remote_code"],
+                            tensor_parallel_size=ev["tensor_parallel_size"])
 
 
 def grade(args, s):
@@ -176,7 +177,7 @@ STAGES = {
     "benchmark": (benchmark, [("--name", True), ("--out", True), ("--tiny-test", False)]),
     "threshold": (threshold, [("--base", True), ("--val", True)]),
     "sft": (sft, [("--base", True), ("--train", True), ("--threshold", False), ("--out-dir", True),
-                  ("--work-dir", True)]),
+                  ("--work-dir", True), ("--metrics", False)]),
     "diversity": (diversity, [("--model", True), ("--prompts", True), ("--samples", True)]),
     "rl": (rl, [("--model", True), ("--prompts", True), ("--out-dir", True), ("--work-dir", True)]),
     "generate": (generate, [("--model", True), ("--benchmark", True), ("--out", True)]),

@@ -34,7 +34,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "rl": ("seed", "model.trust_remote_code", "rl"),
     # plus the one benchmark's sampling settings: see generate_settings()
     "generate": ("seed", "system_prompt", "model.trust_remote_code", "eval.backend",
-                 "eval.batch_size", "eval.max_new_tokens"),
+                 "eval.tensor_parallel_size", "eval.batch_size", "eval.max_new_tokens"),
     "grade": ("eval.grading_workers", "eval.grading_timeout_s"),
 }
 
@@ -124,6 +124,8 @@ class SFTConfig:
     max_grad_norm: float
     logging_steps: int
     save_steps: int
+    loss_impl: str  # auto | fused | checkpointed | reference (full logits)
+    loss_chunk_size: int  # rows of logits alive at once in the chunked losses
     deepspeed: str | None  # zero2 | zero3 | a DeepSpeed JSON file; None: plain DDP/single process
     num_processes: int  # ranks on this node (GPUs, or CPU processes with gloo)
 
@@ -163,6 +165,9 @@ class RLConfig:
     vllm_mode: str
     vllm_gpu_memory_utilization: float
     vllm_tensor_parallel_size: int
+    vllm_server_port: int
+    deepspeed: str | None
+    num_processes: int
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,7 @@ class EvalConfig:
     benchmarks: list[str]
     limit: int | None
     backend: str
+    tensor_parallel_size: int
     batch_size: int
     max_new_tokens: int
     sampling: Sampling
@@ -356,8 +362,9 @@ def _check_consistency(exp: Experiment) -> None:
     rl = exp.rl
     if rl.prompts_per_step % rl.mini_batch_prompts:
         raise ConfigError(f"{where}.rl.prompts_per_step must be a multiple of rl.mini_batch_prompts")
-    if (rl.mini_batch_prompts * rl.num_generations) % rl.per_device_batch_size:
-        raise ConfigError(f"{where}.rl.per_device_batch_size must divide mini_batch_prompts * num_generations")
+    if (rl.mini_batch_prompts * rl.num_generations) % (rl.per_device_batch_size * rl.num_processes):
+        raise ConfigError(f"{where}.rl: per_device_batch_size * num_processes must divide "
+                          f"mini_batch_prompts * num_generations (completions per optimizer update)")
     unknown = sorted(set(exp.eval.per_benchmark) - set(exp.eval_benchmarks()))
     if unknown:
         raise ConfigError(f"{where}.eval.per_benchmark: not an evaluated benchmark: {', '.join(unknown)}")

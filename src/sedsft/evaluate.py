@@ -44,8 +44,11 @@ def grade_file(generations: str, benchmark: str, out: str, *, workers: int, time
     return {"graded": len(completions)}
 
 
-def benchmark_metrics(graded_rows: list[dict]) -> dict:
-    """avg@n accuracy, unbiased pass@k for every k <= n, maj@n, standard error, failure counts."""
+def benchmark_metrics(graded_rows: list[dict], equivalent=None) -> dict:
+    """avg@n accuracy, unbiased pass@k for every k <= n, maj@n (answers grouped by `equivalent`,
+    math-verify equality by default), standard error over problems, failure counts."""
+    if equivalent is None:
+        from sedsft.grading import answers_equivalent as equivalent
     n = min(len(r["correct"]) for r in graded_rows)
     per_problem = [mean(r["correct"][:n]) for r in graded_rows]
     statuses = [s for r in graded_rows for s in r["status"][:n]]
@@ -56,7 +59,8 @@ def benchmark_metrics(graded_rows: list[dict]) -> dict:
         "n_samples": n,
         "pass_at_k": {str(k): 100 * mean([pass_at_k(n, sum(r["correct"][:n]), k) for r in graded_rows])
                       for k in range(1, n + 1)},
-        "maj_at_n": 100 * mean([majority_correct(r["extracted"][:n], r["correct"][:n]) for r in graded_rows]),
+        "maj_at_n": 100 * mean([majority_correct(r["extracted"][:n], r["correct"][:n], equivalent)
+                                for r in graded_rows]),
         "no_box": statuses.count("no_box"),
         "unparsable": sum(s in ("unparsable", "error") for s in statuses),
         "timeouts": statuses.count("timeout"),

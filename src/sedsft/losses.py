@@ -42,7 +42,15 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor, s: LossSettings) -
     logp_y = log_probs.gather(-1, targets[:, None]).squeeze(-1)  # [N]
     ce = -logp_y
     p_y = logp_y.exp()
-    stats = {"ce_sum": ce.detach().sum()}
+    with torch.no_grad():
+        probs = log_probs.exp()
+        stats = {
+            "ce_sum": ce.detach().sum(),
+            "entropy_sum": -(probs * log_probs).sum(-1).sum(),
+            "correct": (logits.argmax(-1) == targets).sum(),
+            "extra_sum": torch.zeros((), device=logits.device),
+            "masked": torch.zeros((), device=logits.device),
+        }
     if s.loss == "ce":
         per_token = ce
     elif s.loss in ("sed", "sed_nomask"):
@@ -55,7 +63,7 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor, s: LossSettings) -
             mask = torch.ones_like(p_y)
         extra = s.sed_lambda * mask * (p_y - 0.5) ** 2
         per_token = ce + extra
-        stats.update(extra_sum=extra.detach().sum(), masked=mask.sum())
+        stats.update(extra_sum=extra.detach().sum(), masked=mask.detach().sum())
     elif s.loss == "gem":
         with torch.no_grad():
             q = F.softmax(logits / s.gem_beta, dim=-1)  # [N, V]
@@ -68,6 +76,7 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor, s: LossSettings) -
         stats.update(extra_sum=extra.detach().sum())
     elif s.loss == "dft":
         per_token = ce * p_y.detach()
+        stats.update(extra_sum=(per_token - ce).detach().sum())
     else:
         raise ValueError(f"unknown loss {s.loss!r}; choose one of {', '.join(LOSSES)}")
     return per_token, stats

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 from sedsft.config import ConfigError, RLConfig
-from sedsft.hardware import has_cuda, require_vllm, use_bf16
+from sedsft.hardware import has_cuda, rank, require_vllm, use_bf16
+from sedsft.launch import deepspeed_config
 from sedsft.sources import DataError
 
 
@@ -74,6 +75,9 @@ def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int):
         vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        vllm_server_host="127.0.0.1",
+        vllm_server_port=cfg.vllm_server_port,
+        deepspeed=deepspeed_config(cfg.deepspeed),
         bf16=use_bf16(),
         use_cpu=not has_cuda(),
         seed=seed,
@@ -105,6 +109,11 @@ def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: 
     from sedsft.chat import load_tokenizer
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.deepspeed and not has_cuda():
+        import deepspeed
+
+        # TRL under ZeRO on CPU ranks: DeepSpeed must bring up gloo before the Trainer does
+        deepspeed.init_distributed(dist_backend="gloo")
     args = grpo_config(cfg, seed, work_dir, world_size)  # refuses GPU-only settings before any loading
     tokenizer = load_tokenizer(sft_model, trust_remote_code)
     tokenizer.padding_side = "left"
@@ -123,11 +132,15 @@ def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: 
     trainer.train(resume_from_checkpoint=resume)
 
     tmp = Path(str(out_dir) + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    if rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the shards here
+    trainer.accelerator.wait_for_everyone()
+    if rank() == 0:
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
     if isinstance(reward, MathVerifyReward):
         reward.grader.close()
     return {"resumed_from": resume, "global_step": trainer.state.global_step, "prompts": len(rows),

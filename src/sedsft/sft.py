@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
-from sedsft.config import ConfigError, ModelConfig, SFTConfig
+from sedsft.config import ModelConfig, SFTConfig
 from sedsft.hardware import has_cuda, rank, use_bf16
+from sedsft.launch import deepspeed_config, zero_stage
 from sedsft.losses import LossSettings, causal_lm_loss
 
 
@@ -35,28 +37,106 @@ def pad_collator(pad_token_id: int):
     return collate
 
 
-def deepspeed_config(name: str | None) -> str | None:
-    """zero2/zero3 -> the JSON shipped with the package; anything else is a user's file."""
-    if name is None:
-        return None
-    shipped = Path(__file__).parent / "deepspeed" / f"{name}.json"
-    if shipped.is_file():
-        return str(shipped)
-    if Path(name).is_file():
-        return name
-    raise ConfigError(f"sft.deepspeed: {name!r} is neither zero2/zero3 nor an existing DeepSpeed JSON file")
-
-
 def loss_settings(cfg: SFTConfig, tau: float | None) -> LossSettings:
     return LossSettings(loss=cfg.loss, tau=tau, sed_lambda=cfg.sed_lambda, top_k=cfg.top_k,
                         gem_beta=cfg.gem_beta, gem_weighting=cfg.gem_weighting)
 
 
+class TelemetryWindow:
+    """Sums of the loss statistics since the last logging step (this rank's tokens)."""
+
+    KEYS = ("ce_sum", "extra_sum", "masked", "entropy_sum", "correct", "tokens")
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.sums = dict.fromkeys(self.KEYS, 0.0)
+        self.started = time.perf_counter()
+
+    def add(self, stats: dict) -> None:
+        for key in self.KEYS:
+            self.sums[key] += float(stats[key])
+
+    def summary(self) -> dict:
+        tokens = self.sums["tokens"]
+        if not tokens:
+            return {}
+        return {
+            "ce": self.sums["ce_sum"] / tokens,  # the CE part of the loss, per label token
+            "extra": self.sums["extra_sum"] / tokens,  # the method's additional term, per label token
+            "mask_rate": self.sums["masked"] / tokens,  # SED: share of tokens flagged flexible
+            "entropy": self.sums["entropy_sum"] / tokens,
+            "token_accuracy": self.sums["correct"] / tokens,  # argmax == target
+            "tokens_per_s": tokens / max(time.perf_counter() - self.started, 1e-9),
+        }
+
+
+def loss_implementation(cfg: SFTConfig) -> str:
+    """auto: the fused chunked loss, or the checkpointed one under ZeRO-3 (the LM-head weight is
+    partitioned there and only the module's own forward gathers it)."""
+    if cfg.loss_impl != "auto":
+        return cfg.loss_impl
+    return "checkpointed" if zero_stage(cfg.deepspeed) == 3 else "fused"
+
+
+def make_trainer_class():
+    from transformers import Trainer, TrainerCallback
+
+    class SFTTrainer(Trainer):
+        """The HF Trainer with the SED loss family computed from hidden states (chunked) and
+        per-logging-step telemetry of the loss's parts."""
+
+        def __init__(self, *args, loss_settings: LossSettings, loss_impl: str, chunk_size: int,
+                     metrics_file: str | None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.loss_settings, self.loss_impl, self.chunk_size = loss_settings, loss_impl, chunk_size
+            self.window = TelemetryWindow()
+            # our loss is already normalised by the global label-token count: never divide again
+            self.model_accepts_loss_kwargs = True
+            if metrics_file:
+                Path(metrics_file).touch()  # exists even if training never reaches a logging step
+                self.add_callback(MetricsFile(metrics_file))
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            if self.loss_impl == "reference":
+                outputs = model(**inputs)
+                loss, stats = causal_lm_loss(outputs.logits, labels, self.loss_settings, num_items_in_batch)
+            else:
+                from sedsft.chunked_loss import lm_loss
+
+                outputs = None
+                loss, stats = lm_loss(model, inputs["input_ids"], inputs.get("attention_mask"), labels,
+                                      self.loss_settings, num_items_in_batch, impl=self.loss_impl,
+                                      chunk_size=self.chunk_size)
+            if model.training:
+                self.window.add(stats)
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, start_time=None):
+            if "loss" in logs:  # a training logging step, not the final summary
+                logs.update(self.window.summary())
+                self.window.reset()
+            super().log(logs, start_time)
+
+    class MetricsFile(TrainerCallback):
+        def __init__(self, path: str):
+            self.path = path
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                with open(self.path, "a") as fh:
+                    fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    return SFTTrainer
+
+
 def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, train_file: str,
-          tau: float | None, out_dir: str, work_dir: str) -> dict:
+          tau: float | None, out_dir: str, work_dir: str, metrics_file: str | None = None) -> dict:
     """Fine-tune, resuming from the newest checkpoint in work_dir; save to out_dir atomically."""
     import torch
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
     from sedsft.chat import load_tokenizer
@@ -66,11 +146,6 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype,
                                                  trust_remote_code=model_cfg.trust_remote_code)
     settings = loss_settings(cfg, tau)
-
-    def compute_loss(outputs, labels, num_items_in_batch=None):
-        loss, _ = causal_lm_loss(outputs.logits, labels, settings, num_items_in_batch)
-        return loss
-
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(
         deepspeed=deepspeed_config(cfg.deepspeed),
@@ -96,8 +171,11 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
         remove_unused_columns=False,
         disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=load_sequences(train_file),
-                      data_collator=pad_collator(tokenizer.pad_token_id), compute_loss_func=compute_loss)
+    impl = loss_implementation(cfg)
+    trainer = make_trainer_class()(
+        model=model, args=args, train_dataset=load_sequences(train_file),
+        data_collator=pad_collator(tokenizer.pad_token_id), loss_settings=settings, loss_impl=impl,
+        chunk_size=cfg.loss_chunk_size, metrics_file=metrics_file)
     resume = get_last_checkpoint(work_dir) if Path(work_dir).is_dir() else None
     result = trainer.train(resume_from_checkpoint=resume)
 
@@ -113,9 +191,15 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
         tmp.rename(out_dir)  # the folder appears only once complete
     return {
         "world_size": trainer.args.world_size,
-        "deepspeed": cfg.deepspeed,"resumed_from": resume, "global_step": trainer.state.global_step,
-            "train_loss": result.training_loss, "loss": settings.loss, "tau": tau,
-            "log_history": trainer.state.log_history}
+        "deepspeed": cfg.deepspeed,
+        "loss_impl": impl,
+        "resumed_from": resume,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "loss": settings.loss,
+        "tau": tau,
+        "log_history": trainer.state.log_history,
+    }
 
 
 def read_tau(threshold_file: str) -> float:

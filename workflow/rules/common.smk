@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from sedsft import config as C
+from sedsft.launch import command_prefix, rl_command_prefix
 
 REPO = Path(workflow.basedir)
 # conda users get the same pinned stack the package declares (tests check they agree)
@@ -72,11 +73,12 @@ def data_source_input(section):
 
 
 def sft_launcher(w):
-    """torchrun for DeepSpeed or several ranks (plain `python --deepspeed` would want mpi4py)."""
     sft = experiment(w.exp)["sft"]
-    if sft["num_processes"] == 1 and sft["deepspeed"] is None:
-        return "sedsft"
-    return f"torchrun --standalone --nproc_per_node {sft['num_processes']} -m sedsft.cli"
+    return command_prefix(sft["num_processes"], sft["deepspeed"])
+
+
+def rl_launcher(w, input):
+    return rl_command_prefix(experiment(w.exp)["rl"], input.model)
 
 
 def benchmarks(exp):

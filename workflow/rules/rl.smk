@@ -17,7 +17,8 @@ rule rl:
     threads: 2
     params:
         settings=stage_json("rl"),
+        launcher=rl_launcher,
     shell:
-        "sedsft rl --experiment {wildcards.exp} --settings {params.settings:q}"
+        "{params.launcher} rl --experiment {wildcards.exp} --settings {params.settings:q}"
         " --model {input.model} --prompts {input.prompts} --out-dir {output.model}"
         " --work-dir results/{wildcards.exp}/rl/checkpoints --summary {output.summary} > {log} 2>&1"

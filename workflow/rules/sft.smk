@@ -30,6 +30,7 @@ rule sft:
     output:
         model=directory("results/{exp}/sft/model"),
         summary="results/{exp}/sft/train.json",
+        metrics="results/{exp}/sft/metrics.jsonl",
     log:
         "results/{exp}/logs/sft.log",
     benchmark:
@@ -44,5 +45,5 @@ rule sft:
     shell:
         "{params.launcher} sft --experiment {wildcards.exp} --settings {params.settings:q}"
         " --base {params.base:q} --train {input.train} --threshold {input.threshold}"
-        " --out-dir {output.model} --work-dir results/{wildcards.exp}/sft/checkpoints"
+        " --out-dir {output.model} --work-dir results/{wildcards.exp}/sft/checkpoints --metrics {output.metrics}"
         " --summary {output.summary} > {log} 2>&1"

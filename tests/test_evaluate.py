@@ -1,0 +1,121 @@
+"""Eval metrics against hand-computed cases, grading files, and resumable generation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from sedsft.evaluate import benchmark_metrics, grade_file, markdown_table, summarize
+from sedsft.generation import SamplingSettings, choose_backend, generate_to_file
+from sedsft.hardware import HardwareError, has_cuda
+
+ROWS = [
+    {"id": "p1", "correct": [True, False, False, True], "extracted": ["3", "5", "5", "3"],
+     "status": ["ok"] * 4},
+    {"id": "p2", "correct": [False] * 4, "extracted": [None, "2", "2.0", "7"],
+     "status": ["no_box", "ok", "ok", "ok"]},
+]
+
+
+def test_benchmark_metrics_hand_computed():
+    m = benchmark_metrics(ROWS)
+    assert m["accuracy"] == pytest.approx(25.0)  # (2/4 + 0/4) / 2
+    assert m["n_problems"] == 2 and m["n_samples"] == 4
+    # pass@k = 1 - C(n-c, k)/C(n, k): problem 1 has c=2 of n=4, problem 2 none
+    for k in range(1, 5):
+        expected = 100 * (1 - math.comb(2, k) / math.comb(4, k)) / 2
+        assert m["pass_at_k"][str(k)] == pytest.approx(expected)
+    assert m["pass_at_k"]["2"] == pytest.approx(100 * (5 / 6) / 2)
+    # maj@4: problem 1 ties 3 vs 5, the first seen (3, correct) wins; problem 2: "2" and "2.0" are
+    # one class by math-verify (size 2) and it is wrong
+    assert m["maj_at_n"] == pytest.approx(50.0)
+    assert m["stderr"] == pytest.approx(100 * math.sqrt(((0.5 - 0.25) ** 2 + (0 - 0.25) ** 2) / 1) / math.sqrt(2))
+    assert m["no_box"] == 1 and m["unparsable"] == 0 and m["timeouts"] == 0
+
+
+def test_maj_uses_math_equivalence_not_strings():
+    rows = [{"id": "q", "correct": [False, True, True], "extracted": ["4", "0.5", "\\frac{1}{2}"],
+             "status": ["ok"] * 3}]
+    assert benchmark_metrics(rows)["maj_at_n"] == 100.0
+    assert benchmark_metrics(rows, equivalent=lambda a, b: a == b)["maj_at_n"] == 0.0  # first-seen "4"
+
+
+def _write_bench(path, rows):
+    pd.DataFrame(rows, columns=["id", "problem", "answer"]).to_parquet(path, index=False)
+
+
+def test_grade_file_and_summary(tmp_path):
+    _write_bench(tmp_path / "b.parquet", [{"id": "1", "problem": "x", "answer": "025"},
+                                          {"id": "2", "problem": "y", "answer": "\\frac{1}{2}"}])
+    with open(tmp_path / "b.jsonl", "w") as fh:
+        fh.write(json.dumps({"id": "1", "completions": ["so \\boxed{25}", "\\boxed{24}"]}) + "\n")
+        fh.write(json.dumps({"id": "2", "completions": ["\\boxed{0.5}", "no box here"]}) + "\n")
+    grade_file(str(tmp_path / "b.jsonl"), str(tmp_path / "b.parquet"), str(tmp_path / "b.graded.jsonl"),
+               workers=1, timeout_s=5)
+    graded = [json.loads(line) for line in open(tmp_path / "b.graded.jsonl")]
+    assert [g["correct"] for g in graded] == [[True, False], [True, False]]
+    assert graded[1]["status"] == ["ok", "no_box"]
+    (tmp_path / "b.gen.json").write_text(json.dumps({"sampling": {"n": 2}, "backend": "hf"}))
+    (tmp_path / "b.bench.json").write_text(json.dumps({"skipped": [{"id": "x", "reason": "empty answer"}]}))
+    result = summarize({"gsm8k": str(tmp_path / "b.graded.jsonl")}, {"gsm8k": str(tmp_path / "b.gen.json")},
+                       {"gsm8k": str(tmp_path / "b.bench.json")}, "model")
+    assert result["benchmarks"]["gsm8k"]["accuracy"] == 50.0
+    assert result["benchmarks"]["gsm8k"]["skipped_rows"] == 1
+    assert result["average"] == 50.0 and result["average_over"] == ["gsm8k"]
+    assert "| gsm8k | 2 | 2 | 50.00 |" in markdown_table(result, "sft")
+
+
+def test_grade_file_refuses_missing_generations(tmp_path):
+    from sedsft.sources import DataError
+
+    _write_bench(tmp_path / "b.parquet", [{"id": "1", "problem": "x", "answer": "1"},
+                                          {"id": "2", "problem": "y", "answer": "2"}])
+    (tmp_path / "b.jsonl").write_text(json.dumps({"id": "1", "completions": ["\\boxed{1}"]}) + "\n")
+    with pytest.raises(DataError, match="no generations for 1 problems"):
+        grade_file(str(tmp_path / "b.jsonl"), str(tmp_path / "b.parquet"), str(tmp_path / "g.jsonl"),
+                   workers=1, timeout_s=5)
+
+
+@pytest.mark.skipif(has_cuda(), reason="checks the CPU refusal")
+def test_vllm_backend_refused_without_gpu():
+    with pytest.raises(HardwareError, match="needs a CUDA GPU"):
+        choose_backend("vllm")
+    assert choose_backend("auto") == "hf"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from sedsft.config import TinyModelConfig
+    from sedsft.tinymodel import build_model, build_tokenizer
+
+    folder = tmp_path_factory.mktemp("model")
+    tokenizer = build_tokenizer(["What is 1 + 2? The answer is \\boxed{3}."] * 20, vocab_size=300)
+    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300,
+                          pretrain_problems=1, pretrain_steps=0, pretrain_batch_size=1,
+                          pretrain_learning_rate=1e-3, sft_problems=1, rl_problems=1, test_problems=1,
+                          max_operand=2)
+    build_model(tokenizer, cfg, seed=0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_generation_resumes_where_it_stopped(tiny_model, tmp_path):
+    prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i} + 1?"}]} for i in range(6)]
+    sampling = SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=3)
+    whole = tmp_path / "whole.jsonl"
+    summary = generate_to_file(tiny_model, prompts, str(whole), sampling, batch_size=2)
+    assert summary["resumed_prompts"] == 0 and summary["backend"] == "hf"
+    lines = whole.read_text().splitlines()
+    assert len(lines) == 6 and all(len(json.loads(line)["completions"]) == 2 for line in lines)
+
+    # a run killed after three prompts, in the middle of writing the fourth line
+    resumed = tmp_path / "resumed.jsonl"
+    (tmp_path / "resumed.jsonl.partial").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    summary = generate_to_file(tiny_model, prompts, str(resumed), sampling, batch_size=2)
+    assert summary["resumed_prompts"] == 3
+    # seeded per prompt: the resumed file equals the uninterrupted one
+    assert resumed.read_text() == whole.read_text()
+    assert not (tmp_path / "resumed.jsonl.partial").exists()
