@@ -163,8 +163,10 @@ def test_the_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path)
 
 
 def distinct_problems(max_operand: int) -> int:
-    # add: a, b in 1..m, c in 1..a+b  ->  sum (a + b) = m^2 (m + 1);  mul: a, b in 2..9, c in 1..ab -> 44^2
-    return max_operand ** 2 * (max_operand + 1) + 44 ** 2
+    # add: a in 1..m, b in 1..9, c in 1..min(9, a+b); mul: a, b in 2..9 (ab >= 4), c in 1..min(9, ab)
+    add = sum(min(9, a + b) for a in range(1, max_operand + 1) for b in range(1, 10))
+    mul = sum(min(9, a * b) for a in range(2, 10) for b in range(2, 10))
+    return add + mul
 
 
 @pytest.mark.parametrize("max_operand", [2, 5])

@@ -24,7 +24,7 @@ MICRO = {
     "data": {"sft": {"train_rows": 120, "val_rows": 24}},
     "threshold": {"max_sequences": 24},
     "sft": {"max_steps": 6, "per_device_batch_size": 8, "logging_steps": 2},
-    "diversity": {"num_prompts": 3, "num_samples": 4, "max_new_tokens": 24},
+    "diversity": {"num_prompts": 3, "prompts_per_benchmark": 1, "num_samples": 4, "max_new_tokens": 24},
     "rl": {"max_steps": 2, "prompts_per_step": 4, "mini_batch_prompts": 4, "num_generations": 2,
            "per_device_batch_size": 8, "max_completion_length": 16, "save_steps": 1},
     "eval": {"limit": 2, "max_new_tokens": 24},
@@ -130,16 +130,24 @@ def test_models_saved_and_trained(run):
 
 def test_diversity(run):
     diversity = load(results(run) / "sft" / "diversity.json")
-    assert diversity["prompts"] == 3 and diversity["samples_per_prompt"] == 4
+    # 3 RL prompts + 1 problem of each of tiny's diversity benchmarks (tiny, gsm8k)
+    assert diversity["prompts"] == 5 and diversity["samples_per_prompt"] == 4
+    assert diversity["prompts_per_source"] == {"rl": 3, "tiny": 1, "gsm8k": 1}
     for key in ("distinct_1", "distinct_2", "distinct_3", "accuracy"):
         assert 0 <= diversity[key] <= 1
     assert 0 <= diversity["self_bleu"] <= 100
     assert diversity["100_minus_self_bleu"] == pytest.approx(100 - diversity["self_bleu"])
     assert 0 <= diversity["distinct_answers"] <= 4
+    assert 0 <= diversity["semantic_diversity"] <= 2 and diversity["mean_token_entropy"] > 0
     curve = [diversity["pass_at_k"][str(k)] for k in range(1, 5)]
     assert curve == sorted(curve) and curve[0] == pytest.approx(diversity["accuracy"])
+    assert set(diversity["by_source"]) == {"rl", "benchmarks"}
     samples = jsonl(results(run) / "sft" / "diversity_samples.jsonl")
-    assert len(samples) == 3 and all(len(s["completions"]) == 4 for s in samples)
+    assert len(samples) == 5 and all(len(s["completions"]) == 4 for s in samples)
+    assert all(len(e) == len(t) for s in samples for e, t in zip(s["entropies"], s["token_ids"]))
+    assert len(jsonl(results(run) / "sft" / "diversity_per_prompt.jsonl")) == 5
+    for plot in ("diversity_pass_at_k.png", "diversity_metrics.png"):
+        assert (results(run) / "sft" / plot).read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize("stage", ["sft", "rl"])

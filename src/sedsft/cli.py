@@ -108,14 +108,30 @@ def sft(args, s):
 
 
 def diversity(args, s):
-    from sedsft.diversity import measure, sampling_of, select_prompts
+    from sedsft.diversity import load_embedder, measure, sampling_of, select_prompts
     from sedsft.generation import generate_to_file, read_generations
+    from sedsft.plots import plot_metrics, plot_pass_at_k
 
     cfg = C.section(s, C.DiversityConfig, "diversity")
-    prompts = select_prompts(args.prompts, cfg.num_prompts, s["seed"])
-    summary = generate_to_file(args.model, prompts, args.samples, sampling_of(cfg, s["seed"]),
-                               batch_size=cfg.batch_size, trust_remote_code=s["model"]["trust_remote_code"])
-    return {"model": args.model, **measure(read_generations(args.samples), prompts), "generation": summary}
+    prompts = select_prompts(cfg, s["seed"], s["system_prompt"], args.prompts, args.benchmarks)
+    sampling = sampling_of(cfg, s["seed"])
+    summary = generate_to_file(args.model, prompts, args.samples, sampling, batch_size=cfg.batch_size,
+                               trust_remote_code=s["model"]["trust_remote_code"], entropies=True)
+    result, per_prompt = measure(read_generations(args.samples), prompts, embed=load_embedder(cfg.embedding_model))
+    result = {"model": args.model, **result, "sampling": vars(sampling),
+              "prompts_per_source": {source: sum(p["source"] == source for p in prompts)
+                                     for source in dict.fromkeys(p["source"] for p in prompts)},
+              "embedding_model": cfg.embedding_model, "entropy_distribution": summary["entropies"],
+              "generation": summary}
+    if args.per_prompt:
+        with open(args.per_prompt, "w") as fh:
+            fh.writelines(json.dumps(p) + "\n" for p in per_prompt)
+    label = args.label or args.model
+    if args.pass_at_k_plot:
+        plot_pass_at_k({label: result}, args.pass_at_k_plot, title=f"pass@k: {label}")
+    if args.metrics_plot:
+        plot_metrics({label: result}, args.metrics_plot, title=f"diversity: {label}")
+    return result
 
 
 def rl(args, s):
@@ -178,7 +194,8 @@ STAGES = {
     "threshold": (threshold, [("--base", True), ("--val", True)]),
     "sft": (sft, [("--base", True), ("--train", True), ("--threshold", False), ("--out-dir", True),
                   ("--work-dir", True), ("--metrics", False)]),
-    "diversity": (diversity, [("--model", True), ("--prompts", True), ("--samples", True)]),
+    "diversity": (diversity, [("--model", True), ("--prompts", False), ("--samples", True), ("--per-prompt", False),
+                              ("--pass-at-k-plot", False), ("--metrics-plot", False), ("--label", False)]),
     "rl": (rl, [("--model", True), ("--prompts", True), ("--out-dir", True), ("--work-dir", True)]),
     "generate": (generate, [("--model", True), ("--benchmark", True), ("--out", True)]),
     "grade": (grade, [("--generations", True), ("--benchmark", True), ("--out", True)]),
@@ -199,6 +216,9 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--summary", required=True, help="JSON file: the stage's result and provenance")
         for flag, required in options:
             sub.add_argument(flag, required=required)
+        if name == "diversity":
+            sub.add_argument("--benchmarks", nargs="*", default=[], metavar="PARQUET",
+                             help="benchmark problem files (<bench>.parquet) for diversity.sources: benchmarks")
         if name == "report":
             for flag in ("--graded", "--generation-meta", "--bench-meta"):
                 sub.add_argument(flag, nargs="+", required=True, metavar="BENCH=PATH")

@@ -3,6 +3,13 @@
 Samples are appended to a JSONL file one prompt at a time (all n samples of a prompt in one
 line), so a killed run resumes at the first prompt without a line, and a re-grade never needs
 a re-generation.
+
+With ``entropies=True`` each line also carries ``entropies``: per completion, the entropy (nats)
+of the model's own next-token distribution at every sampled position -- softmax of the raw
+logits (temperature 1, no top-p/top-k), not the processed distribution that was sampled from
+(they coincide at temperature 1, top_p 1). The HF backend computes them from ``output_logits``;
+the vLLM backend writes ``null`` for each completion (vLLM returns only top-k log-probs, from
+which the full-vocabulary entropy cannot be computed).
 """
 
 from __future__ import annotations
@@ -53,9 +60,10 @@ def done_ids(path: Path) -> set[str]:
 
 def generate_to_file(model_dir: str, prompts: list[dict], out: str, sampling: SamplingSettings, *,
                      backend: str = "auto", batch_size: int = 8, trust_remote_code: bool = False,
-                     tensor_parallel_size: int = 1) -> dict:
-    """prompts: [{"id", "messages"}]. Writes {"id", "completions": [...], "num_tokens": [...]}
-    per prompt to `out` (via out.partial, renamed when complete). Returns a summary."""
+                     tensor_parallel_size: int = 1, entropies: bool = False) -> dict:
+    """prompts: [{"id", "messages"}]. Writes {"id", "completions", "token_ids", "finished"}
+    (plus "entropies" when asked) per prompt to `out` (via out.partial, renamed when complete).
+    Returns a summary."""
     out = Path(out)
     partial = Path(str(out) + ".partial")
     finished = done_ids(partial)
@@ -64,15 +72,35 @@ def generate_to_file(model_dir: str, prompts: list[dict], out: str, sampling: Sa
     if todo:
         run = _generate_vllm if backend == "vllm" else _generate_hf
         with open(partial, "a") as fh:
-            for record in run(model_dir, todo, sampling, batch_size, trust_remote_code, tensor_parallel_size):
+            for record in run(model_dir, todo, sampling, batch_size, trust_remote_code, tensor_parallel_size,
+                              entropies=entropies):
                 fh.write(json.dumps(record) + "\n")
                 fh.flush()
     partial.replace(out)
-    return {"backend": backend, "prompts": len(prompts), "resumed_prompts": len(finished),
-            "sampling": vars(sampling)}
+    summary = {"backend": backend, "prompts": len(prompts), "resumed_prompts": len(finished),
+               "sampling": vars(sampling)}
+    if entropies:
+        summary["entropies"] = ENTROPY_SOURCE[backend]
+    return summary
 
 
-def _generate_hf(model_dir, prompts, sampling: SamplingSettings, batch_size, trust_remote_code, _tp):
+ENTROPY_SOURCE = {
+    "hf": "softmax of the raw logits (output_logits: temperature 1, before top-p/top-k)",
+    "vllm": None,  # not computed: vLLM exposes only top-k log-probs
+}
+
+
+def token_entropies(logits):
+    """Entropy (nats) of softmax(logits) over the last dimension, in float32; -inf logits
+    (impossible tokens) contribute nothing."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+
+
+def _generate_hf(model_dir, prompts, sampling: SamplingSettings, batch_size, trust_remote_code, _tp, *,
+                 entropies: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -104,17 +132,27 @@ def _generate_hf(model_dir, prompts, sampling: SamplingSettings, batch_size, tru
                 num_return_sequences=sampling.n,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
+                # raw (unprocessed) logits of every step, only when entropies are wanted
+                output_logits=entropies,
+                return_dict_in_generate=entropies,
             )
-        new_tokens = output[:, encoded["input_ids"].shape[1]:]  # [len(batch) * n, new]
+        sequences = output.sequences if entropies else output
+        new_tokens = sequences[:, encoded["input_ids"].shape[1]:]  # [len(batch) * n, new]
+        # step t's logits produced new token t: [len(batch) * n, new]
+        entropy = torch.stack([token_entropies(step) for step in output.logits], 1).cpu() if entropies else None
         for i, prompt in enumerate(batch):
-            rows = new_tokens[i * sampling.n:(i + 1) * sampling.n]
-            token_lists = [_strip_padding(r.tolist(), tokenizer) for r in rows]
-            yield {
+            rows = range(i * sampling.n, (i + 1) * sampling.n)
+            token_lists = [_strip_padding(new_tokens[r].tolist(), tokenizer) for r in rows]
+            record = {
                 "id": prompt["id"],
                 "completions": tokenizer.batch_decode(token_lists, skip_special_tokens=True),
                 "token_ids": token_lists,
                 "finished": [bool(t) and t[-1] == tokenizer.eos_token_id for t in token_lists],
             }
+            if entropies:
+                record["entropies"] = [[round(float(h), 5) for h in entropy[r, :len(t)]]
+                                       for r, t in zip(rows, token_lists)]
+            yield record
 
 
 def _strip_padding(ids: list[int], tokenizer) -> list[int]:
@@ -124,7 +162,8 @@ def _strip_padding(ids: list[int], tokenizer) -> list[int]:
     return [t for t in ids if t != pad]
 
 
-def _generate_vllm(model_dir, prompts, sampling: SamplingSettings, batch_size, trust_remote_code, tp):
+def _generate_vllm(model_dir, prompts, sampling: SamplingSettings, batch_size, trust_remote_code, tp, *,
+                   entropies: bool = False):
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model_dir, tensor_parallel_size=tp, seed=sampling.seed,
@@ -137,12 +176,15 @@ def _generate_vllm(model_dir, prompts, sampling: SamplingSettings, batch_size, t
         batch = prompts[start:start + chunk]
         outputs = llm.chat([p["messages"] for p in batch], params, use_tqdm=True)
         for prompt, output in zip(batch, outputs):
-            yield {
+            record = {
                 "id": prompt["id"],
                 "completions": [o.text for o in output.outputs],
                 "token_ids": [list(o.token_ids) for o in output.outputs],
                 "finished": [o.finish_reason == "stop" for o in output.outputs],
             }
+            if entropies:
+                record["entropies"] = [None for _ in output.outputs]  # see ENTROPY_SOURCE
+            yield record
 
 
 def read_generations(path: str) -> dict[str, dict]:

@@ -9,6 +9,7 @@ averaging over prompts is the caller's job (use :func:`mean` and
 * :func:`count_distinct` -- number of distinct answers under an equivalence.
 * :func:`distinct_n` -- Distinct-n over all samples of a prompt.
 * :func:`self_bleu` -- Self-BLEU (sacrebleu sentence BLEU, GEM-style).
+* :func:`semantic_diversity` -- 1 - mean pairwise cosine similarity of embeddings.
 
 Pure Python plus sacrebleu; no torch, no numpy.
 """
@@ -28,6 +29,7 @@ __all__ = [
     "count_distinct",
     "distinct_n",
     "self_bleu",
+    "semantic_diversity",
     "standard_error",
     "mean",
 ]
@@ -214,6 +216,28 @@ def self_bleu(texts: Sequence[str]) -> float:
         s = _SENT_BLEU.sentence_score(hyp, refs).score
         total += min(100.0, max(0.0, s))
     return total / len(texts)
+
+
+def semantic_diversity(embeddings: Sequence[Sequence[float]]) -> float:
+    """Semantic diversity of ONE prompt's samples, from their sentence embeddings::
+
+        semantic_diversity = 1 - mean_{i < j} cos(e_i, e_j)
+
+    over all unordered pairs of distinct samples (each vector is normalised here, so the
+    embeddings need not be). In [0, 2]; 0 when every embedding points the same way, about 1
+    for unrelated texts. A zero vector has cosine 0 with everything. Raises ``ValueError``
+    for fewer than 2 embeddings or vectors of different lengths.
+    """
+    vectors = [[float(x) for x in e] for e in embeddings]
+    if len(vectors) < 2:
+        raise ValueError(f"semantic_diversity needs at least 2 embeddings, got {len(vectors)}")
+    if len({len(v) for v in vectors}) != 1:
+        raise ValueError("semantic_diversity: embeddings of different lengths")
+    norms = [math.sqrt(math.fsum(x * x for x in v)) for v in vectors]
+    unit = [[x / n for x in v] if n > 0 else [0.0] * len(v) for v, n in zip(vectors, norms)]
+    cosines = [math.fsum(a * b for a, b in zip(unit[i], unit[j]))
+               for i in range(len(unit)) for j in range(i + 1, len(unit))]
+    return 1.0 - math.fsum(cosines) / len(cosines)
 
 
 # ----------------------------------------------------------------- aggregates

@@ -50,11 +50,16 @@ def _mul_sub(a: int, b: int, c: int, name: str, item: str) -> tuple[str, list[st
     return question, solutions, r
 
 
+# Changes (bought, given away, lost) are single digits: every step is then within reach of a
+# model of a few hundred thousand parameters, so SFT reaches a useful accuracy and RL has signal.
+MAX_CHANGE = 9
+
+
 def problem_keys(max_operand: int) -> list[tuple[str, int, int, int]]:
     """Every distinct arithmetic problem: the numbers decide the problem, not the names."""
-    keys = [("add", a, b, c) for a in range(1, max_operand + 1) for b in range(1, max_operand + 1)
-            for c in range(1, a + b + 1)]
-    keys += [("mul", a, b, c) for a in range(2, 10) for b in range(2, 10) for c in range(1, a * b + 1)]
+    keys = [("add", a, b, c) for a in range(1, max_operand + 1) for b in range(1, MAX_CHANGE + 1)
+            for c in range(1, min(MAX_CHANGE, a + b) + 1)]
+    keys += [("mul", a, b, c) for a in range(2, 10) for b in range(2, 10) for c in range(1, min(MAX_CHANGE, a * b) + 1)]
     return keys
 
 

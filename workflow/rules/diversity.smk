@@ -1,13 +1,37 @@
-# Stage 3: diversity of a model's samples (N per prompt at temperature 1).
+# Stage 3: diversity of a model's samples (N per prompt at temperature 1), with plots.
+# stage base: the base model itself (the tiny experiment's local folder, else model.path).
+
+
+def diversity_model(w):
+    return base_model(w) if w.stage == "base" else f"results/{w.exp}/{w.stage}/model"
+
+
+def diversity_model_input(w):
+    return base_model_input(w) if w.stage == "base" else [f"results/{w.exp}/{w.stage}/model"]
+
+
+def diversity_prompts_input(w):
+    sources = experiment(w.exp)["diversity"]["sources"]
+    return [f"results/{w.exp}/data/rl_prompts.parquet"] if "rl" in sources else []
+
+
+def diversity_benchmarks_input(w):
+    return [f"results/{w.exp}/data/bench/{b}.parquet" for b in C.diversity_benchmarks(experiment(w.exp))]
 
 
 rule diversity:
+    wildcard_constraints:
+        stage="base|sft|rl",
     input:
-        model="results/{exp}/{stage}/model",
-        prompts="results/{exp}/data/rl_prompts.parquet",
+        model=diversity_model_input,
+        prompts=diversity_prompts_input,
+        benchmarks=diversity_benchmarks_input,
     output:
         summary="results/{exp}/{stage}/diversity.json",
         samples="results/{exp}/{stage}/diversity_samples.jsonl",
+        per_prompt="results/{exp}/{stage}/diversity_per_prompt.jsonl",
+        pass_at_k_plot="results/{exp}/{stage}/diversity_pass_at_k.png",
+        metrics_plot="results/{exp}/{stage}/diversity_metrics.png",
     log:
         "results/{exp}/logs/diversity_{stage}.log",
     benchmark:
@@ -17,7 +41,12 @@ rule diversity:
     threads: 2
     params:
         settings=stage_json("diversity"),
+        model=diversity_model,
+        prompts=lambda w, input: f"--prompts {input.prompts}" if input.prompts else "",
+        benchmarks=lambda w, input: f"--benchmarks {input.benchmarks}" if input.benchmarks else "",
     shell:
         "sedsft diversity --experiment {wildcards.exp} --settings {params.settings:q}"
-        " --model {input.model} --prompts {input.prompts} --samples {output.samples}"
+        " --model {params.model:q} {params.prompts} {params.benchmarks} --samples {output.samples}"
+        " --per-prompt {output.per_prompt} --pass-at-k-plot {output.pass_at_k_plot}"
+        " --metrics-plot {output.metrics_plot} --label {wildcards.exp}/{wildcards.stage}"
         " --summary {output.summary} > {log} 2>&1"

@@ -1,0 +1,92 @@
+"""PNG plots of diversity results (matplotlib, Agg backend: no display needed).
+
+Every function takes several models' results at once -- a mapping label -> the contents of a
+`diversity.json` -- so the diversity stage draws one model and a comparison draws many on the
+same figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# (key in diversity.json, panel title); higher = more diverse for all but the last two
+METRICS = (
+    ("distinct_1", "distinct-1"),
+    ("distinct_2", "distinct-2"),
+    ("distinct_3", "distinct-3"),
+    ("100_minus_self_bleu", "100 − Self-BLEU"),
+    ("semantic_diversity", "semantic diversity"),
+    ("distinct_answers", "distinct answers / prompt"),
+    ("mean_token_entropy", "mean token entropy (nats)"),
+    ("accuracy", "accuracy (pass@1)"),
+)
+
+
+def _colors(n: int) -> list:
+    cmap = plt.get_cmap("tab10")
+    return [cmap(i % 10) for i in range(n)]
+
+
+def plot_pass_at_k(results: Mapping[str, dict], path: str | Path, title: str = "pass@k") -> Path:
+    """One pass@k curve (k = 1..N, log2 x axis) per model."""
+    if not results:
+        raise ValueError("plot_pass_at_k: no results to draw")
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for (label, result), color in zip(results.items(), _colors(len(results))):
+        curve = sorted((int(k), v) for k, v in result["pass_at_k"].items())
+        ax.plot([k for k, _ in curve], [v for _, v in curve], marker="o", markersize=3, label=label, color=color)
+    ax.set_xscale("log", base=2)
+    n = max(int(k) for result in results.values() for k in result["pass_at_k"])
+    ticks = [2 ** i for i in range(n.bit_length()) if 2 ** i <= n] + ([n] if n & (n - 1) else [])
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("k (samples)")
+    ax.set_ylabel("pass@k")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_metrics(results: Mapping[str, dict], path: str | Path, title: str = "diversity") -> Path:
+    """One panel per metric (their scales differ), one bar per model; a metric a model lacks
+    (null: not computed) is marked n/a."""
+    if not results:
+        raise ValueError("plot_metrics: no results to draw")
+    path = Path(path)
+    labels = list(results)
+    colors = _colors(len(labels))
+    cols = 4
+    rows = -(-len(METRICS) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=100, squeeze=False)
+    for ax, (key, name) in zip(axes.flat, METRICS):
+        values = [results[label].get(key) for label in labels]
+        positions = range(len(labels))
+        ax.bar(positions, [0 if v is None else v for v in values], color=colors)
+        top = max([v for v in values if v is not None], default=0) or 1
+        for x, v in zip(positions, values):
+            text = "n/a" if v is None else f"{v:.3g}"
+            ax.text(x, (0 if v is None else v) + 0.02 * top, text, ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(0, top * 1.2)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(list(positions))
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(METRICS):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
