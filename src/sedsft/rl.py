@@ -40,12 +40,12 @@ def completion_texts(completions) -> list[str]:
     return [c[-1]["content"] if isinstance(c, list) else c for c in completions]
 
 
-def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int):
+def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int, check_hardware: bool = True):
     """RLConfig -> GRPOConfig. A rollout batch is prompts_per_step x num_generations completions;
     each optimizer update sees mini_batch_prompts x num_generations of them."""
     from trl import GRPOConfig
 
-    if cfg.use_vllm:
+    if cfg.use_vllm and check_hardware:
         require_vllm("rl.use_vllm")
     update_completions = cfg.mini_batch_prompts * cfg.num_generations
     if update_completions % (cfg.per_device_batch_size * world_size):

@@ -1,0 +1,275 @@
+"""scripts/gpu_check.sh and scripts/download_gpu_wheels.sh, as far as a machine without a GPU can
+check them: syntax, the refusal without a GPU, the tiny_gpu experiment and its DAG, and the
+summary block built from (fake) logs and artifacts by scripts/gpu_check_summary.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from sedsft.config import load_experiment
+from sedsft.launch import command_prefix
+from workflow_helpers import REPO, planned_jobs, snakemake
+
+GPU_CHECK = REPO / "scripts" / "gpu_check.sh"
+DOWNLOAD = REPO / "scripts" / "download_gpu_wheels.sh"
+SUMMARY = REPO / "scripts" / "gpu_check_summary.py"
+
+
+def load_summary_module():
+    spec = importlib.util.spec_from_file_location("gpu_check_summary", SUMMARY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_gpu_check(*args, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", **(env_extra or {})}
+    env.pop("OUT", None)
+    env.update(env_extra or {})
+    return subprocess.run(["bash", str(GPU_CHECK), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=REPO)
+
+
+# ------------------------------------------------------------------ the scripts
+
+
+@pytest.mark.parametrize("script", [GPU_CHECK, DOWNLOAD], ids=lambda p: p.name)
+def test_script_syntax(script):
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", [GPU_CHECK, DOWNLOAD], ids=lambda p: p.name)
+def test_script_help_needs_nothing(script):
+    result = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "--" in result.stdout
+    assert "set -" not in result.stdout  # the header comment only
+
+
+def test_gpu_check_refuses_without_a_gpu(tmp_path):
+    result = run_gpu_check(env_extra={"OUT": str(tmp_path)})
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "no CUDA GPU is visible" in lines[0] and "--allow-cpu" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # refused before writing anything
+
+
+def test_gpu_check_refuses_when_python_has_no_torch(tmp_path):
+    result = run_gpu_check(env_extra={"PYTHON": str(tmp_path / "no-such-python")})
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert "cannot import torch" in line
+
+
+def test_gpu_check_allow_cpu_runs_and_prints_one_summary(tmp_path):
+    logs = tmp_path / "logs"
+    result = run_gpu_check("--allow-cpu", "--no-wheels", "--steps", "env", env_extra={"OUT": str(logs)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("sedsft GPU check: summary") == 1
+    summary = (logs / "summary.txt").read_text()
+    assert "vLLM      : NOT installed" in summary or "vLLM      : installed" in summary
+    steps = {line.split("\t")[0]: line.split("\t")[1] for line in (logs / "steps.tsv").read_text().splitlines()[1:]}
+    assert steps == {"setup": "SKIPPED", "env": "OK", "bench": "SKIPPED", "pytest": "SKIPPED", "workflow": "SKIPPED"}
+    env = json.loads((logs / "checks.json").read_text())["env"]
+    assert env["cuda_available"] is False and env["packages"]["torch"]
+    assert env["sedsft_from"] == str(REPO / "src" / "sedsft")  # this checkout's src/, via PYTHONPATH
+
+
+def test_gpu_check_records_a_missing_wheel_folder_and_goes_on(tmp_path):
+    logs = tmp_path / "logs"
+    result = run_gpu_check("--allow-cpu", "--wheels", str(tmp_path / "none"), "--steps", "env",
+                           env_extra={"OUT": str(logs)})
+    assert result.returncode != 0  # a failed step fails the run ...
+    summary = (logs / "summary.txt").read_text()  # ... after the summary
+    assert re.search(r"setup\s+FAILED\s+0 s\s+exit code 1: no wheels in ", summary)
+    assert re.search(r"env\s+OK", summary)
+
+
+# ------------------------------------------------------------------ the wheels
+
+
+def download_pins() -> dict[str, str]:
+    text = DOWNLOAD.read_text()
+    body = text.split("PACKAGES=(", 1)[1].split("\n)", 1)[0]
+    body = re.sub(r"#.*", "", body)
+    pins = {}
+    for spec in body.split() + re.findall(r"PACKAGES\+=\((\S+)\)", text):
+        name, version = spec.split("==")
+        assert canonicalize_name(name) not in pins, f"{name} listed twice"
+        pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_wheel_pins_agree_with_pyproject():
+    with open(REPO / "pyproject.toml", "rb") as fh:
+        project = tomllib.load(fh)["project"]["dependencies"]
+    pins = download_pins()
+    for line in project:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        if name in pins:
+            assert pins[name] in req.specifier, f"{name}: {pins[name]} vs pyproject's {req.specifier}"
+    for needed in ("trl", "deepspeed", "datasets", "math-verify", "snakemake", "latex2sympy2-extended",
+                   "antlr4-python3-runtime", "multiprocess", "dill", "jsonschema"):
+        assert needed in pins, needed
+
+
+def test_wheels_and_logs_are_git_ignored():
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert "/.whl/" in ignored and "/gpu_check_logs/" in ignored
+
+
+def test_readme_describes_the_gpu_check():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Checking a GPU machine", 1)[1].split("\n## ", 1)[0]
+    assert "bash scripts/download_gpu_wheels.sh" in section and "bash scripts/gpu_check.sh" in section
+
+
+# ------------------------------------------------------------------ the GPU experiment and its DAG
+
+
+def test_tiny_gpu_experiment_parses():
+    exp = load_experiment(REPO / "config.yaml", "tiny_gpu")
+    tiny = load_experiment(REPO / "config.yaml", "tiny")
+    assert exp.is_tiny and exp.model.tiny == tiny.model.tiny
+    assert (exp.sft.deepspeed, exp.sft.num_processes) == ("zero2", 1)
+    assert 0 < exp.rl.max_steps <= 10  # a few GRPO steps
+    assert exp.eval.backend == "auto"  # vLLM where installed, else HF
+    assert command_prefix(exp.sft.num_processes, exp.sft.deepspeed).startswith("torchrun --standalone --nproc_per_node 1")
+
+
+def test_tiny_gpu_plans_the_whole_dag_with_deepspeed(tmp_path):
+    result = snakemake(tmp_path, "-n", "-p", "results/tiny_gpu/rl_eval.json")
+    jobs = planned_jobs(result.stdout)
+    assert {"tiny_task", "base_model", "sft", "rl", "generate", "grade", "eval_report"} <= set(jobs)
+    assert "torchrun --standalone --nproc_per_node 1 -m sedsft.cli sft --experiment tiny_gpu" in result.stdout
+    assert '"deepspeed": "zero2"' in result.stdout
+
+
+def test_the_vllm_overlay_of_gpu_check_is_a_valid_config(tmp_path):
+    """Where vLLM is installed, gpu_check.sh turns on vLLM rollouts with this overlay."""
+    match = re.search(r"printf '(experiments:\\n.*?)' > \"\$OVERLAY\"", GPU_CHECK.read_text())
+    assert match, "the vLLM overlay is no longer written by a printf"
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(match.group(1).replace("\\n", "\n"))
+    assert yaml.safe_load(overlay.read_text())["experiments"]["tiny_gpu"]["rl"]["use_vllm"] is True
+    result = snakemake(tmp_path, "-n", "-p", "results/tiny_gpu/rl/model", configfiles=[overlay])
+    rl_line = next(line for line in result.stdout.splitlines() if "sedsft rl --experiment tiny_gpu" in line)
+    assert '"use_vllm": true' in rl_line and '"vllm_tensor_parallel_size": 1' in rl_line
+
+
+# ------------------------------------------------------------------ the summary block
+
+
+def write_fake_run(tmp_path: Path) -> tuple[Path, Path]:
+    logs, results = tmp_path / "logs", tmp_path / "results" / "tiny_gpu"
+    logs.mkdir()
+    steps = [("name", "status", "seconds", "rc", "log", "limit", "note"),
+             ("setup", "OK", "9", "0", "setup.log", "60", ""),
+             ("env", "OK", "6", "0", "setup.log", "60", ""),
+             ("bench", "OK", "31", "0", "bench.log", "75", ""),
+             ("pytest", "OK", "12", "0", "pytest.log", "60", ""),
+             ("workflow", "FAILED", "270", "124", "workflow.log", "270", "Select jobs to execute...")]
+    (logs / "steps.tsv").write_text("".join("\t".join(row) + "\n" for row in steps))
+    gib = 2 ** 30
+    rows = [{"name": "naive_ce", "time": 0.040, "loss": 12.1, "peak": 12.0 * gib},
+            {"name": "upstream_sed", "time": 0.080, "loss": 12.2, "peak": 16.0 * gib},
+            {"name": "fused_ce", "time": 0.030, "loss": 12.1, "peak": 1.0 * gib},
+            {"name": "fused_sed", "time": 0.033, "loss": 12.2, "peak": 1.0 * gib},
+            {"name": "checkpointed_sed", "time": float("nan"), "loss": float("nan"), "peak": float("nan")}]
+    env = {"python": "3.12.3", "nvidia_smi": "GPU 0: NVIDIA H200 (UUID: GPU-x)",
+           "gpu_query": "NVIDIA H200, 143771 MiB, 580.159.04", "torch": "2.11.0+cu130", "torch_cuda": "13.0",
+           "cuda_available": True, "device_name": "NVIDIA H200", "bf16": True, "vllm": False,
+           "packages": {"torch": "2.11.0+cu130", "trl": "1.16.0", "deepspeed": "0.19.8", "vllm": None}}
+    (logs / "checks.json").write_text(json.dumps({"env": env, "bench": {"args": ["--device", "cuda"], "rows": rows}}))
+    (logs / "pytest.log").write_text("....\n301 passed in 8.02s\n")
+    (logs / "workflow.log").write_text("Error in rule rl:\n    log: results/tiny_gpu/logs/rl.log (check log file(s) for error details)\n")
+    (results / "benchmarks").mkdir(parents=True)
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for name, seconds in (("sft", 41.5), ("generate_sft_tiny", 9.0), ("generate_sft_gsm8k", 6.0), ("base_model", 12.25)):
+        (results / "benchmarks" / f"{name}.tsv").write_text(header + f"{seconds}\t0:00:{int(seconds):02d}\t900.5\t1\t1\t1\t0\t0\t50\t10\n")
+    (results / "sft").mkdir()
+    (results / "sft" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"step": 10, "loss": 1.5, "ce": 1.4, "tokens_per_s": 1000.0},
+        {"step": 20, "loss": 0.3452, "ce": 0.33, "tokens_per_s": 52000.0},
+        {"step": 30, "loss": 0.3001, "ce": 0.29, "tokens_per_s": 54000.0},
+        {"step": 30, "train_runtime": 20.5, "train_loss": 0.5}]) + "\n")
+    (results / "sft" / "train.json").write_text(json.dumps(
+        {"global_step": 30, "deepspeed": "zero2", "world_size": 1, "loss": "sed", "loss_impl": "fused"}))
+    (results / "rl").mkdir()
+    (results / "rl" / "train.json").write_text(json.dumps({"global_step": 4, "prompts": 400, "log_history": [
+        {"step": 4, "reward": 0.125, "step_time": 0.61}, {"step": 4, "train_runtime": 9.5}]}))
+    bench = {"accuracy": 18.0, "backend": "hf"}
+    (results / "sft_eval.json").write_text(json.dumps({"benchmarks": {"gsm8k": {"accuracy": 0.0, "backend": "hf"},
+                                                                      "tiny": bench}, "average": 0.0}))
+    return logs, results
+
+
+def test_summary_reports_every_figure(tmp_path, capsys):
+    logs, results = write_fake_run(tmp_path)
+    module = load_summary_module()
+    assert module.main(["summary", "--logs", str(logs), "--results", str(results), "--out", str(logs / "summary.txt"),
+                        "--elapsed", "402"]) == 0
+    text = capsys.readouterr().out
+    assert (logs / "summary.txt").read_text().strip() == text.strip()
+    assert text.count("sedsft GPU check: summary") == 1
+    assert "NVIDIA H200, 143771 MiB" in text and "2.11.0+cu130" in text and "bf16 True" in text
+    assert "vLLM      : NOT installed" in text
+    assert "vLLM is not installed here, so eval.backend auto picked HF generate" in text
+    assert re.search(r"workflow\s+FAILED\s+270 s\s+timed out after 270 s", text)
+    assert "failed rules: rl" in text and "results/tiny_gpu/logs/rl.log" in text
+    # the benchmark: every method, ratios to naive_ce, and fused SED against the others
+    assert re.search(r"fused_sed\s+12\.2000\s+33\.0\s+0\.83\s+1\.0 GiB\s+0\.08", text)
+    assert re.search(r"checkpointed_sed\s+n/a\s+n/a\s+n/a\s+n/a\s+n/a", text)
+    assert re.search(r"method\s+loss\s+time ms\s+x time\s+peak\s+x peak", text)
+    assert "fused_sed / fused_ce      time x1.10, peak x1.00" in text
+    assert "fused_sed / upstream_sed  time x0.41, peak x0.06" in text
+    assert "pytest    : 301 passed in 8.02s" in text
+    assert re.search(r"base_model\s+12\.2 s", text) and re.search(r"sft\s+41\.5 s", text)
+    assert "generate_sft           9.0 s max, 15.0 s over 2 jobs" in text
+    assert text.index("base_model") < text.index("  sft ") < text.index("generate_sft")  # pipeline order
+    assert "final loss 0.3001 (step 30)" in text and "label tokens/s 54,000 last, 53,000 mean" in text
+    assert "deepspeed zero2, world size 1" in text
+    assert "GRPO      : 4 steps, 400 prompts; last reward 0.125" in text
+    assert "sft: average(8) 0.00 | gsm8k 0.0, tiny 18.0" in text
+    assert "rl: no rl_eval.json" in text
+    assert "elapsed   : 402 s in all" in text
+    assert "NOT run this time" not in text
+
+
+def test_summary_survives_an_empty_run(tmp_path, capsys):
+    module = load_summary_module()
+    (tmp_path / "logs").mkdir()
+    assert module.main(["summary", "--logs", str(tmp_path / "logs"), "--results", str(tmp_path / "none")]) == 0
+    text = capsys.readouterr().out
+    for missing in ("no environment probe", "(no steps.tsv)", "(no benchmark rows)", "(no timings)",
+                    "no sft/metrics.jsonl", "no rl/train.json", "no evaluation results"):
+        assert missing in text
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the benchmark's float(loss) of a grad tensor
+def test_bench_subcommand_stores_the_benchmark_rows(tmp_path, capsys):
+    module = load_summary_module()
+    store = tmp_path / "checks.json"
+    args = ["--device", "cpu", "--no-rss", "--tokens", "48", "--hidden", "8", "--vocab", "64",
+            "--repeats", "1", "--chunk-size", "16"]
+    assert module.main(["bench", "--json", str(store), "--", *args]) == 0
+    bench = json.loads(store.read_text())["bench"]
+    assert bench["args"] == args
+    assert [r["name"] for r in bench["rows"]] == list(module.BENCH_METHODS)
+    lines = "\n".join(module.bench_lines(bench))
+    assert "fused_sed / naive_ce" in lines and "largest" in lines
