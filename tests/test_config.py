@@ -345,7 +345,13 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
     raw = real_config()
     folder = tmp_path / "repo"
     (folder / "models" / "mine").mkdir(parents=True)
-    (tmp_path / Path(raw["benchmarks_dir"]).relative_to("..")).mkdir(parents=True)
+    benchmarks = tmp_path / Path(raw["benchmarks_dir"]).relative_to("..")
+    for name in raw["defaults"]["eval"]["benchmarks"]:
+        (benchmarks / name).mkdir(parents=True)
+        (benchmarks / name / "test.jsonl").touch()
+    rl_source = tmp_path / Path(raw["defaults"]["data"]["rl"]["source"]).relative_to("..")
+    rl_source.parent.mkdir(parents=True)
+    rl_source.touch()
     raw["experiments"]["llama3b_local"] = {"extends": "llama3b", "model": {"path": "models/mine"}}
     path = write_config(folder, raw)
     monkeypatch.chdir(tmp_path)  # the working directory must not matter
@@ -366,6 +372,8 @@ def test_special_and_absolute_paths_are_left_alone(tmp_path):
     raw = real_config()
     raw["benchmarks_dir"] = "hub"
     absolute = str(tmp_path / "elsewhere" / "rl.parquet")
+    Path(absolute).parent.mkdir()
+    Path(absolute).touch()
     raw["defaults"]["data"]["rl"]["source"] = absolute
     path = write_config(tmp_path / "repo", raw)
     assert load_experiment(path, "llama3b").benchmarks_dir == "hub"
@@ -376,11 +384,15 @@ def test_special_and_absolute_paths_are_left_alone(tmp_path):
 
 def test_a_missing_benchmarks_folder_falls_back_to_the_hub(tmp_path):
     raw = real_config()
+    raw["defaults"]["data"]["rl"]["source"] = "some-org/math-prompts"  # a Hub id: not checked offline
     path = write_config(tmp_path / "repo", raw)  # no ../shared/benchmarks next to it
     assert not (tmp_path / Path(raw["benchmarks_dir"]).relative_to("..")).exists()
     assert load_experiment(path, "llama3b").benchmarks_dir == "hub"
-    # the data paths are not optional: they stay resolved (and fail later, loudly, if missing)
-    assert Path(load_experiment(path, "llama3b").data.rl.source).is_absolute()
+    # the data paths are not optional: a missing local one is an error at load time
+    raw["defaults"]["data"]["rl"]["source"] = "../shared/data/rl/none.parquet"
+    path = write_config(tmp_path / "repo", raw)
+    with pytest.raises(ConfigError, match=r"data\.rl\.source: .*none\.parquet does not exist"):
+        load_experiment(path, "llama3b")
 
 
 def test_the_repo_config_resolves_against_the_repo():
@@ -447,3 +459,23 @@ def test_sampling_for_falls_back_to_the_default():
     exp = load_experiment(CONFIG, "llama3b")
     assert exp.eval.sampling_for("aime24").n == real_config()["defaults"]["eval"]["per_benchmark"]["aime24"]["n"]
     assert exp.eval.sampling_for("gsm8k") == exp.eval.sampling
+
+
+def test_missing_local_paths_are_named_before_anything_runs(tmp_path):
+    raw = real_config()
+    raw["experiments"]["llama3b"]["model"]["path"] = "./models/not-there"
+    path = write_config(tmp_path / "repo", raw)
+    with pytest.raises(ConfigError, match=r"experiments\.llama3b\.model\.path: .*models/not-there does not exist"):
+        load_experiment(path, "llama3b")
+
+
+def test_a_benchmarks_folder_missing_one_benchmark_is_named(tmp_path):
+    raw = real_config()
+    benchmarks = tmp_path / "bench"
+    for name in raw["defaults"]["eval"]["benchmarks"][:-1]:  # all but gaokao2023en
+        (benchmarks / name).mkdir(parents=True)
+        (benchmarks / name / "test.jsonl").touch()
+    raw["benchmarks_dir"] = str(benchmarks)
+    path = write_config(tmp_path / "repo", raw)
+    with pytest.raises(ConfigError, match=r"benchmarks_dir: .* has no gaokao2023en/test.jsonl"):
+        load_experiment(path, "tiny")

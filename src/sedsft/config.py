@@ -306,6 +306,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     if overrides:
         raw = deep_merge(raw, overrides)
     validate(raw, load_schema(path.resolve().parent), str(path))
+    check_comparisons(raw, str(path))
     return raw
 
 
@@ -356,14 +357,57 @@ def experiment_settings(config: dict, name: str, root: str | Path = ".") -> dict
     return _resolve_paths(merged, Path(root))
 
 
+def check_comparisons(raw: dict, source: str = "config") -> None:
+    """Every experiment a comparison names must exist (checked when the config loads)."""
+    experiments = raw.get("experiments") or {}
+    problems = [f"comparisons.{name}: unknown experiment {', '.join(repr(e) for e in members if e not in experiments)}"
+                for name, members in (raw.get("comparisons") or {}).items()
+                if any(e not in experiments for e in members)]
+    if problems:
+        known = ", ".join(sorted(experiments)) or "(none)"
+        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(problems)
+                          + f"\n  (experiments defined: {known})")
+
+
+def comparison_experiments(raw: dict, name: str) -> list[str]:
+    """The experiments of one comparison, in the order listed (the first is the reference)."""
+    comparisons = raw.get("comparisons") or {}
+    if name not in comparisons:
+        known = ", ".join(sorted(comparisons)) or "(none)"
+        raise ConfigError(f"unknown comparison {name!r}; config.yaml defines: {known}")
+    check_comparisons({"experiments": raw.get("experiments"), "comparisons": {name: comparisons[name]}})
+    return list(comparisons[name])
+
+
+def comparison_settings(raw: dict, name: str, root: str | Path = ".") -> dict:
+    """What a comparison reads: its name and every compared experiment's merged settings."""
+    experiments = comparison_experiments(raw, name)
+    return {"comparison": name, "experiments": experiments,
+            "settings": {e: experiment_settings(raw, e, root) for e in experiments}}
+
+
 def parse_experiment(settings: dict, name: str) -> Experiment:
     experiment = _build(Experiment, settings, f"experiments.{name}", name=name)
     _check_consistency(experiment)
     return experiment
 
 
+def _check_local_paths(exp: Experiment, where: str) -> None:
+    """Paths that are clearly local (made absolute by _resolve_paths) must exist now, not fail
+    deep inside a library after earlier stages ran; Hub ids cannot be checked offline."""
+    for key, value in (("model.path", exp.model.path), ("data.sft.source", exp.data.sft.source),
+                       ("data.rl.source", exp.data.rl.source)):
+        if value and Path(value).is_absolute() and not Path(value).exists():
+            raise ConfigError(f"{where}.{key}: {value} does not exist")
+    if exp.benchmarks_dir != "hub":
+        missing = [b for b in exp.eval.benchmarks if not (Path(exp.benchmarks_dir) / b / "test.jsonl").is_file()]
+        if missing:
+            raise ConfigError(f"benchmarks_dir: {exp.benchmarks_dir} has no {', '.join(f'{b}/test.jsonl' for b in missing)}")
+
+
 def _check_consistency(exp: Experiment) -> None:
     where = f"experiments.{exp.name}"
+    _check_local_paths(exp, where)
     if exp.model.tiny is None and not exp.model.path:
         raise ConfigError(f"{where}.model.path: set a Hub id or local folder (or model.tiny)")
     if exp.data.sft.source is None:
