@@ -16,11 +16,12 @@ include: "workflow/rules/sft.smk"
 include: "workflow/rules/diversity.smk"
 include: "workflow/rules/rl.smk"
 include: "workflow/rules/eval.smk"
+include: "workflow/rules/compare.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/tiny/rl_eval.json",
         "results/tiny/sft_eval.json",
         "results/tiny/sft/diversity.json",
-    default_target: True

@@ -27,6 +27,8 @@ def _settings(args) -> dict:
     if not args.config:
         raise C.ConfigError("give --settings JSON or --config FILE with --experiment NAME")
     raw = C.load_config(args.config)
+    if args.stage == "compare":  # --experiment names a comparison (config.yaml's `comparisons`)
+        return C.comparison_settings(raw, args.experiment, Path(args.config).resolve().parent)
     settings = C.experiment_settings(raw, args.experiment, Path(args.config).resolve().parent)
     C.parse_experiment(settings, args.experiment)  # full check when run by hand
     return settings
@@ -185,6 +187,14 @@ def report(args, s):
     return result
 
 
+def compare(args, s):
+    from sedsft.compare import compare as run_comparison
+
+    return run_comparison(s["comparison"], s["experiments"], args.results, args.out_md,
+                          pass_at_k_plot=args.pass_at_k_plot, diversity_plot=args.diversity_plot,
+                          training_plot=args.training_plot, settings=s.get("settings"))
+
+
 STAGES = {
     "tiny-task": (tiny_task, [("--out-dir", True)]),
     "base-model": (base_model, [("--task-dir", True), ("--out-dir", True)]),
@@ -201,6 +211,9 @@ STAGES = {
     "grade": (grade, [("--generations", True), ("--benchmark", True), ("--out", True)]),
     "report": (report, [("--model", True), ("--label", True), ("--out-md", True), ("--diversity", False),
                         ("--baseline", False)]),
+    # --experiment names the comparison; --results holds results/<experiment>/ of each one
+    "compare": (compare, [("--results", True), ("--out-md", True), ("--pass-at-k-plot", False),
+                          ("--diversity-plot", False), ("--training-plot", False)]),
 }
 
 

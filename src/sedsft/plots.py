@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # (key in diversity.json, panel title); higher = more diverse for all but the last two
 METRICS = (
@@ -85,6 +86,50 @@ def plot_metrics(results: Mapping[str, dict], path: str | Path, title: str = "di
         ax.tick_params(axis="y", labelsize=7)
     for ax in list(axes.flat)[len(METRICS):]:
         ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+# (stage, key in a logging row, panel title) for the training curves
+TRAINING_CURVES = (
+    ("sft", "loss", "SFT loss"),
+    ("sft", "ce", "SFT cross-entropy / token"),
+    ("sft", "mask_rate", "SFT mask rate (SED: flexible tokens)"),
+    ("rl", "reward", "RL reward (mean over the step's completions)"),
+)
+
+
+def plot_training(runs: Mapping[str, Mapping[str, list[dict]]], path: str | Path,
+                  title: str = "training") -> Path:
+    """Training curves of several runs on one figure: label -> {"sft": rows, "rl": rows}, each
+    row a logging step ({"step": s, "loss": ..., ...}: sft/metrics.jsonl lines or a trainer's
+    log_history). One panel per curve, one line per run; a panel no run has data for says so."""
+    if not runs:
+        raise ValueError("plot_training: no runs to draw")
+    path = Path(path)
+    colors = _colors(len(runs))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), dpi=100, squeeze=False)
+    for ax, (stage, key, name) in zip(axes.flat, TRAINING_CURVES):
+        drawn = False
+        for (label, run), color in zip(runs.items(), colors):
+            points = sorted((row["step"], row[key]) for row in run.get(stage) or ()
+                            if row.get(key) is not None and row.get("step") is not None)
+            if points:
+                ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=2,
+                        linewidth=1.2, label=label, color=color)
+                drawn = True
+        if drawn:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(f"{stage.upper()} step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, format="png")

@@ -1,4 +1,5 @@
-# Helpers shared by every rule file: config validation, experiment lookup, stage settings.
+# Helpers of the workflow/rules/*.smk files (kept here, apart from the rules, as `--lint` wants):
+# config validation, experiment lookup, stage settings, inputs, and the resources jobs ask for.
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ CONDA_ENV = str(REPO / "envs" / f"{config.get('conda_env', 'cpu')}.yaml")
 
 try:
     C.validate(config, C.load_schema(REPO), "config")
+    C.check_comparisons(config, "config")
 except C.ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -72,15 +74,146 @@ def data_source_input(section):
     return inputs
 
 
+# across_nodes: under a Slurm job of several nodes, one torchrun per node (sedsft.launch)
 def sft_launcher(w):
     sft = experiment(w.exp)["sft"]
-    return command_prefix(sft["num_processes"], sft["deepspeed"])
+    return command_prefix(sft["num_processes"], sft["deepspeed"], across_nodes=True)
 
 
 def rl_launcher(w, input):
-    return rl_command_prefix(experiment(w.exp)["rl"], input.model)
+    return rl_command_prefix(experiment(w.exp)["rl"], input.model, across_nodes=True)
 
 
 def benchmarks(exp):
     settings = experiment(exp)
     return list(settings["eval"]["benchmarks"]) + (["tiny"] if is_tiny(exp) else [])
+
+
+# ----------------------------------------------------------------------------- diversity inputs
+# stage base: the base model itself (the tiny experiment's local folder, else model.path).
+
+
+def diversity_model(w):
+    return base_model(w) if w.stage == "base" else f"results/{w.exp}/{w.stage}/model"
+
+
+def diversity_model_input(w):
+    return base_model_input(w) if w.stage == "base" else [f"results/{w.exp}/{w.stage}/model"]
+
+
+def diversity_prompts_input(w):
+    sources = experiment(w.exp)["diversity"]["sources"]
+    return [f"results/{w.exp}/data/rl_prompts.parquet"] if "rl" in sources else []
+
+
+def diversity_benchmarks_input(w):
+    return [f"results/{w.exp}/data/bench/{b}.parquet" for b in C.diversity_benchmarks(experiment(w.exp))]
+
+
+# ----------------------------------------------------------------------------- evaluation inputs
+
+
+def eval_inputs(kind):
+    def inputs(w):
+        return [f"results/{w.exp}/{kind.format(stage=w.stage, bench=bench)}" for bench in benchmarks(w.exp)]
+
+    return inputs
+
+
+# ----------------------------------------------------------------------------- comparisons
+# results/compare/{name}.md: the experiments config `comparisons` lists under the name.
+
+
+def comparison(name):
+    """The comparison's experiments, the first (the reference of the delta rows) first."""
+    try:
+        return C.comparison_experiments(config, name)
+    except C.ConfigError as error:
+        raise WorkflowError(str(error)) from None
+
+
+def comparison_inputs(artifact):
+    return lambda w: [f"results/{exp}/{artifact}" for exp in comparison(w.name)]
+
+
+def comparison_json(w):
+    """params: the compared experiments and their settings (a changed one re-runs the comparison)."""
+    experiments = comparison(w.name)
+    return json.dumps(
+        {"comparison": w.name, "experiments": experiments, "settings": {exp: experiment(exp) for exp in experiments}},
+        sort_keys=True,
+    )
+
+
+def compare_report(path, figure):
+    """An output embedded by `snakemake --report`, grouped by comparison."""
+    return report(
+        path,
+        caption="../report/compare.rst",
+        category="comparisons",
+        subcategory="{name}",
+        labels={"comparison": "{name}", "figure": figure},
+    )
+
+
+# ----------------------------------------------------------------------------- resources
+# What each job asks the scheduler for (Slurm: --gpus, --cpus-per-task, --mem, -t). GPU counts
+# follow from the experiment's settings, memory and wall time from its scale (tiny or a real
+# model); a profile's set-resources overrides them per rule (profiles/slurm/config.v8+.yaml).
+
+# rule -> (mem_mb, runtime in minutes) for a tiny experiment, and for a real (3B/7B) model
+SIZES = {
+    "tiny_task": ((2000, 10), (2000, 10)),
+    "base_model": ((4000, 30), (4000, 30)),
+    "sft_data": ((4000, 20), (32000, 120)),
+    "rl_prompts": ((2000, 10), (16000, 60)),
+    "benchmark_data": ((2000, 10), (8000, 30)),
+    "threshold": ((4000, 20), (64000, 120)),
+    "sft": ((8000, 60), (256000, 1440)),
+    "diversity": ((4000, 30), (64000, 360)),
+    "rl": ((8000, 60), (256000, 2880)),
+    "generate": ((4000, 30), (64000, 480)),
+    "grade": ((4000, 20), (16000, 120)),
+    "eval_report": ((2000, 10), (8000, 30)),
+}
+
+
+def uses_gpus(exp):
+    """resources.gpus of the experiment: auto = GPUs for a Hub/local model, none for a tiny one."""
+    wanted = experiment(exp)["resources"]["gpus"]
+    return not is_tiny(exp) if wanted == "auto" else wanted
+
+
+def gpus(stage):
+    """resources.gpu: the GPUs one job of the stage uses (0 when the experiment runs on CPUs)."""
+
+    def count(w):
+        if not uses_gpus(w.exp):
+            return 0
+        settings = experiment(w.exp)
+        if stage == "sft":
+            return settings["sft"]["num_processes"]
+        if stage == "rl":
+            rl = settings["rl"]
+            server = rl["use_vllm"] and rl["vllm_mode"] == "server"
+            return rl["num_processes"] + (rl["vllm_tensor_parallel_size"] if server else 0)
+        if stage == "generate":
+            ev = settings["eval"]
+            return 1 if ev["backend"] == "hf" else ev["tensor_parallel_size"]
+        return 1  # threshold, diversity: one model on one GPU
+
+    return count
+
+
+def cpus(stage, base):
+    """threads (Slurm --cpus-per-task): `base`, and at least 4 per GPU the job uses."""
+    count = gpus(stage)
+    return lambda w: max(base, 4 * count(w))
+
+
+def mem_mb(rule):
+    return lambda w: SIZES[rule][0 if is_tiny(w.exp) else 1][0]
+
+
+def runtime(rule):
+    return lambda w: SIZES[rule][0 if is_tiny(w.exp) else 1][1]

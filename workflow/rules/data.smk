@@ -1,4 +1,5 @@
 # Stage 1: data prep. The tiny task and its base model, SFT tokens, RL prompts, benchmarks.
+# Retried: a Hub download can fail for a moment (Snakemake clears a job's outputs before each try).
 
 
 rule tiny_task:
@@ -12,8 +13,13 @@ rule tiny_task:
         "results/{exp}/logs/tiny_task.log",
     benchmark:
         "results/{exp}/benchmarks/tiny_task.tsv"
+    retries: 2
     conda:
         CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=mem_mb("tiny_task"),
+        runtime=runtime("tiny_task"),
     params:
         settings=stage_json("tiny_task"),
     shell:
@@ -32,9 +38,13 @@ rule base_model:
         "results/{exp}/logs/base_model.log",
     benchmark:
         "results/{exp}/benchmarks/base_model.tsv"
+    retries: 2
     conda:
         CONDA_ENV
     threads: 2
+    resources:
+        mem_mb=mem_mb("base_model"),
+        runtime=runtime("base_model"),
     params:
         settings=stage_json("base_model"),
     shell:
@@ -55,8 +65,13 @@ rule sft_data:
         "results/{exp}/logs/sft_data.log",
     benchmark:
         "results/{exp}/benchmarks/sft_data.tsv"
+    retries: 2
     conda:
         CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=mem_mb("sft_data"),
+        runtime=runtime("sft_data"),
     params:
         settings=stage_json("sft_data"),
         source=lambda w: data_source(w, "sft"),
@@ -77,8 +92,13 @@ rule rl_prompts:
         "results/{exp}/logs/rl_prompts.log",
     benchmark:
         "results/{exp}/benchmarks/rl_prompts.tsv"
+    retries: 2
     conda:
         CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=mem_mb("rl_prompts"),
+        runtime=runtime("rl_prompts"),
     params:
         settings=stage_json("rl_prompts"),
         source=lambda w: data_source(w, "rl"),
@@ -97,8 +117,13 @@ rule benchmark_data:
         "results/{exp}/logs/benchmark_data_{bench}.log",
     benchmark:
         "results/{exp}/benchmarks/benchmark_data_{bench}.tsv"
+    retries: 2
     conda:
         CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=mem_mb("benchmark_data"),
+        runtime=runtime("benchmark_data"),
     params:
         settings=stage_json("benchmark"),
         tiny_test=lambda w, input: f"--tiny-test {input.tiny_test}" if input.tiny_test else "",

@@ -1,27 +1,8 @@
 # Stage 3: diversity of a model's samples (N per prompt at temperature 1), with plots.
-# stage base: the base model itself (the tiny experiment's local folder, else model.path).
-
-
-def diversity_model(w):
-    return base_model(w) if w.stage == "base" else f"results/{w.exp}/{w.stage}/model"
-
-
-def diversity_model_input(w):
-    return base_model_input(w) if w.stage == "base" else [f"results/{w.exp}/{w.stage}/model"]
-
-
-def diversity_prompts_input(w):
-    sources = experiment(w.exp)["diversity"]["sources"]
-    return [f"results/{w.exp}/data/rl_prompts.parquet"] if "rl" in sources else []
-
-
-def diversity_benchmarks_input(w):
-    return [f"results/{w.exp}/data/bench/{b}.parquet" for b in C.diversity_benchmarks(experiment(w.exp))]
+# Its input helpers are in common.smk.
 
 
 rule diversity:
-    wildcard_constraints:
-        stage="base|sft|rl",
     input:
         model=diversity_model_input,
         prompts=diversity_prompts_input,
@@ -36,9 +17,15 @@ rule diversity:
         "results/{exp}/logs/diversity_{stage}.log",
     benchmark:
         "results/{exp}/benchmarks/diversity_{stage}.tsv"
+    wildcard_constraints:
+        stage="base|sft|rl",
     conda:
         CONDA_ENV
-    threads: 2
+    threads: cpus("diversity", 2)
+    resources:
+        gpu=gpus("diversity"),
+        mem_mb=mem_mb("diversity"),
+        runtime=runtime("diversity"),
     params:
         settings=stage_json("diversity"),
         model=diversity_model,

@@ -12,9 +12,15 @@ rule generate:
         "results/{exp}/logs/generate_{stage}_{bench}.log",
     benchmark:
         "results/{exp}/benchmarks/generate_{stage}_{bench}.tsv"
+    # seeded and writing only its own outputs: a retry (after a lost node, say) is safe
+    retries: 1
     conda:
         CONDA_ENV
-    threads: 1
+    threads: cpus("generate", 1)
+    resources:
+        gpu=gpus("generate"),
+        mem_mb=mem_mb("generate"),
+        runtime=runtime("generate"),
     params:
         settings=lambda w: json.dumps(C.generate_settings(experiment(w.exp), w.bench), sort_keys=True),
     shell:
@@ -34,22 +40,20 @@ rule grade:
         "results/{exp}/logs/grade_{stage}_{bench}.log",
     benchmark:
         "results/{exp}/benchmarks/grade_{stage}_{bench}.tsv"
+    retries: 1
     conda:
         CONDA_ENV
-    threads: 1
+    # a pool of grading_workers processes
+    threads: lambda w: experiment(w.exp)["eval"]["grading_workers"]
+    resources:
+        mem_mb=mem_mb("grade"),
+        runtime=runtime("grade"),
     params:
         settings=stage_json("grade"),
     shell:
         "sedsft grade --experiment {wildcards.exp} --settings {params.settings:q}"
         " --generations {input.generations} --benchmark {input.problems} --out {output.graded}"
         " --summary {output.summary} > {log} 2>&1"
-
-
-def eval_inputs(kind):
-    def inputs(w):
-        return [f"results/{w.exp}/{kind.format(stage=w.stage, bench=bench)}" for bench in benchmarks(w.exp)]
-
-    return inputs
 
 
 rule eval_report:
@@ -71,6 +75,10 @@ rule eval_report:
         "results/{exp}/benchmarks/eval_report_{stage}.tsv"
     conda:
         CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=mem_mb("eval_report"),
+        runtime=runtime("eval_report"),
     params:
         graded=lambda w, input: " ".join(f"{b}={p}" for b, p in zip(benchmarks(w.exp), input.graded)),
         generation=lambda w, input: " ".join(f"{b}={p}" for b, p in zip(benchmarks(w.exp), input.generation)),

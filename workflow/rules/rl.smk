@@ -14,7 +14,11 @@ rule rl:
         "results/{exp}/benchmarks/rl.tsv"
     conda:
         CONDA_ENV
-    threads: 2
+    threads: cpus("rl", 2)
+    resources:
+        gpu=gpus("rl"),
+        mem_mb=mem_mb("rl"),
+        runtime=runtime("rl"),
     params:
         settings=stage_json("rl"),
         launcher=rl_launcher,

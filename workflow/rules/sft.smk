@@ -13,7 +13,11 @@ rule threshold:
         "results/{exp}/benchmarks/threshold.tsv"
     conda:
         CONDA_ENV
-    threads: 2
+    threads: cpus("threshold", 2)
+    resources:
+        gpu=gpus("threshold"),
+        mem_mb=mem_mb("threshold"),
+        runtime=runtime("threshold"),
     params:
         settings=stage_json("threshold"),
         base=base_model,
@@ -37,7 +41,11 @@ rule sft:
         "results/{exp}/benchmarks/sft.tsv"
     conda:
         CONDA_ENV
-    threads: 2
+    threads: cpus("sft", 2)
+    resources:
+        gpu=gpus("sft"),
+        mem_mb=mem_mb("sft"),
+        runtime=runtime("sft"),
     params:
         settings=stage_json("sft"),
         base=base_model,

@@ -1,0 +1,281 @@
+"""profiles/slurm: the micro `tiny` DAG submitted through snakemake-executor-plugin-slurm to a
+fake Slurm (sbatch runs the job here, sacct reports its exit status); the GPUs, CPUs, memory and
+time each job asks for, as derived from the config; and sedsft.launch across Slurm nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_workflow_e2e import MICRO
+from workflow_helpers import REPO, snakemake
+
+PROFILE = REPO / "profiles" / "slurm"
+EXP = "micro_slurm"
+# the micro experiment, smaller still: the fewest benchmarks the config allows (the three with
+# their own sampling, plus tiny's test set), fewer steps and tokens; each job is mostly start-up
+SMALL = {**MICRO,
+         "model": {"tiny": {**MICRO["model"]["tiny"], "pretrain_steps": 10}},
+         "sft": {**MICRO["sft"], "max_steps": 2},
+         "diversity": {**MICRO["diversity"], "benchmarks": ["tiny"], "num_prompts": 2, "num_samples": 2,
+                       "max_new_tokens": 8},
+         "rl": {**MICRO["rl"], "max_steps": 1},
+         "eval": {**MICRO["eval"], "benchmarks": ["aime24", "aime25", "amc23"], "limit": 1, "max_new_tokens": 8}}
+
+# Fake Slurm commands, written into tmp_path and put first on PATH. They keep their state in
+# $FAKE_SLURM (jobs.tsv: id, name; <id>.rc once a job ended; *.jsonl: the argv of every call).
+FAKE = {
+    "sbatch": r'''
+import json, os, subprocess, sys
+state = os.environ["FAKE_SLURM"]
+argv = sys.argv[1:]
+with open(f"{state}/sbatch.jsonl", "a") as fh:
+    fh.write(json.dumps(argv) + "\n")
+value = lambda flag: argv[argv.index(flag) + 1]
+payload = next(a[len("--wrap="):] for a in argv if a.startswith("--wrap="))
+with open(f"{state}/jobs.tsv", "a+") as fh:  # one snakemake submits from several threads
+    import fcntl
+    fcntl.flock(fh, fcntl.LOCK_EX)
+    fh.seek(0)
+    jobid = str(1000 + len(fh.readlines()))
+    fh.write(f"{jobid}\t{value('--job-name')}\n")
+log = value("--output").replace("%j", jobid)
+os.makedirs(os.path.dirname(log), exist_ok=True)
+env = {**os.environ, "SLURM_JOB_ID": jobid, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "localhost",
+       "SLURM_NODEID": "0"}
+rc = f"{state}/{jobid}.rc"
+subprocess.Popen(["/bin/sh", "-c", 'sh -c "$1"; echo $? > "$2.tmp" && mv "$2.tmp" "$2"', "sh", payload, rc],
+                 stdout=open(log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                 cwd=value("-D"), env=env, start_new_session=True)
+print(jobid)
+''',
+    "sacct": r'''
+import os, sys
+state = os.environ["FAKE_SLURM"]
+name = sys.argv[sys.argv.index("--name") + 1] if "--name" in sys.argv else None
+if not os.path.exists(f"{state}/jobs.tsv"):
+    sys.exit(0)
+for line in open(f"{state}/jobs.tsv"):
+    jobid, job_name = line.split()
+    if name not in (None, job_name):
+        continue
+    try:
+        status = "COMPLETED" if open(f"{state}/{jobid}.rc").read().strip() == "0" else "FAILED"
+    except FileNotFoundError:
+        status = "RUNNING"
+    print(f"{jobid}|{status}")
+''',
+    "squeue": "import subprocess, sys; sys.exit(subprocess.call(['sacct'] + sys.argv[1:]))",
+    "sacctmgr": "print('testacct')",
+    "sinfo": "",
+    "srun": r'''
+import json, os, sys
+with open(os.environ["FAKE_SLURM"] + "/srun.jsonl", "a") as fh:
+    fh.write(json.dumps(sys.argv[1:]) + "\n")
+args, valued = sys.argv[1:], {"-n", "-N", "-c", "--ntasks", "--nodes", "--cpus-per-task", "--gpus"}
+while args and args[0].startswith("-"):
+    args = args[2:] if args[0] in valued else args[1:]
+os.execvp(args[0], args)
+''',
+}
+
+
+def fake_slurm(folder: Path) -> dict:
+    """The environment of a run against the fake Slurm: its commands first on PATH."""
+    bin_dir, state = folder / "bin", folder / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    for name, body in FAKE.items():
+        path = bin_dir / name
+        path.write_text(f"#!{sys.executable}\n{body}")
+        path.chmod(0o755)
+    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
+    return {"PATH": path, "FAKE_SLURM": str(state)}
+
+
+def calls(folder: Path, command: str) -> list[list[str]]:
+    with open(folder / "state" / f"{command}.jsonl") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def flag(argv: list[str], name: str) -> str | None:
+    """The value of `--name value`, `--name=value` or `-n value` in an argv, else None."""
+    for i, arg in enumerate(argv):
+        if arg == name:
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1:]
+    return None
+
+
+# ------------------------------------------------------------------ the submission (slow)
+
+
+@pytest.mark.slow
+def test_micro_dag_through_the_slurm_profile(tmp_path, monkeypatch):
+    for key, value in fake_slurm(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    micro = workdir / "micro.yaml"
+    micro.write_text(yaml.safe_dump({"experiments": {EXP: SMALL}}))
+    started = time.time()
+    snakemake(workdir, "--profile", str(PROFILE), "--jobs", "2",
+              "--default-resources", "slurm_partition=testpart", "slurm_account=testacct",
+              "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
+              f"results/{EXP}/rl_eval.json", configfiles=[micro], timeout=900)
+    print(f"micro DAG through fake Slurm: {time.time() - started:.0f} s")
+    result = json.loads((workdir / "results" / EXP / "rl_eval.json").read_text())
+    assert set(result["benchmarks"]) == {"aime24", "aime25", "amc23", "tiny"}
+
+    submitted = calls(tmp_path, "sbatch")
+    rules = {}
+    for argv in submitted:
+        rule = re.match(r"rule_([a-z_]+?)(_wildcards_.*)?$", flag(argv, "--comment")).group(1)
+        rules.setdefault(rule, []).append(argv)
+    # every job of the DAG went through sbatch: the three benchmarks and tiny, for SFT and RL
+    assert len(rules["generate"]) == len(rules["grade"]) == 8 and len(rules["eval_report"]) == 2
+    assert {"tiny_task", "base_model", "sft_data", "rl_prompts", "threshold", "sft", "diversity", "rl"} <= set(rules)
+    for rule, argvs in rules.items():
+        for argv in argvs:
+            assert flag(argv, "-p") == "testpart" and flag(argv, "-A") == "testacct", argv
+            # a CPU experiment: no GPU anywhere; memory, time and CPUs as the rules derive them
+            assert not any(a.startswith(("--gpus", "--gres")) for a in argv), argv
+            assert int(flag(argv, "--mem")) >= 2000 and int(flag(argv, "-t")) >= 10, argv
+    (sft,) = rules["sft"]
+    assert (flag(sft, "--mem"), flag(sft, "-t"), flag(sft, "--cpus-per-task")) == ("8000", "60", "2")
+    grade = rules["grade"][0]
+    assert (flag(grade, "--mem"), flag(grade, "-t"), flag(grade, "--cpus-per-task")) == ("4000", "20", "2")
+    assert flag(rules["tiny_task"][0], "--cpus-per-task") == "1"
+    # inside each job the jobstep executor ran the rule through srun, on one node, without GPUs
+    steps = calls(tmp_path, "srun")
+    assert len(steps) == len(submitted)
+    assert all(flag(s, "--nodes") == "1" and not any(a.startswith("--gpus") for a in s) for s in steps)
+
+
+# ------------------------------------------------------------------ resources from the config (dry runs)
+
+
+def planned_resources(output: str) -> dict[str, list[dict[str, str]]]:
+    """{rule: [resources of each planned job]} from a dry run's job listing."""
+    plan: dict[str, list[dict[str, str]]] = {}
+    for block in re.split(r"\n(?=\[)", output):
+        rule = re.search(r"^rule (\w+):", block, flags=re.MULTILINE)
+        resources = re.search(r"^\s+resources: (.+)$", block, flags=re.MULTILINE)
+        if rule and resources:
+            pairs = dict(item.split("=", 1) for item in resources.group(1).split(", "))
+            plan.setdefault(rule.group(1), []).append(pairs)
+    return plan
+
+
+def gpus_of(plan: dict, rule: str) -> set[int]:
+    return {int(job.get("gpu", 0)) for job in plan[rule]}
+
+
+def test_llama3b_jobs_ask_for_the_gpus_its_config_uses(tmp_path):
+    plan = planned_resources(snakemake(tmp_path, "--profile", str(PROFILE), "-n",
+                                       "results/llama3b/rl_eval.json").stdout)
+    # sft and rl: 8 ranks; vLLM evaluation: tensor parallel 1; threshold and diversity: one GPU
+    assert (gpus_of(plan, "sft"), gpus_of(plan, "rl")) == ({8}, {8})
+    assert gpus_of(plan, "generate") == gpus_of(plan, "threshold") == gpus_of(plan, "diversity") == {1}
+    for rule in ("sft_data", "rl_prompts", "benchmark_data", "grade", "eval_report"):
+        assert gpus_of(plan, rule) == {0}, rule
+    (sft,) = plan["sft"]
+    assert (sft["mem_mb"], sft["runtime"]) == ("256000", "1440")
+    assert sft["slurm_partition"] == sft["slurm_account"] == "CHANGE_ME"  # the profile's placeholders
+
+
+def test_server_mode_and_tensor_parallel_add_gpus(tmp_path):
+    overlay = tmp_path / "server.yaml"
+    overlay.write_text(yaml.safe_dump({"experiments": {"llama3b": {
+        "rl": {"vllm_mode": "server", "num_processes": 4, "vllm_tensor_parallel_size": 2},
+        "eval": {"tensor_parallel_size": 4}}}}))
+    plan = planned_resources(snakemake(tmp_path, "--profile", str(PROFILE), "-n", "results/llama3b/rl_eval.json",
+                                       configfiles=[overlay]).stdout)
+    assert gpus_of(plan, "rl") == {6}  # 4 policy ranks + a 2-GPU rollout server
+    assert gpus_of(plan, "generate") == {4}
+
+
+def test_tiny_asks_for_no_gpu_and_tiny_gpu_for_one(tmp_path):
+    tiny = planned_resources(snakemake(tmp_path, "--profile", str(PROFILE), "-n",
+                                       "results/tiny/rl_eval.json").stdout)
+    assert all(gpus_of(tiny, rule) == {0} for rule in tiny)
+    assert tiny["sft"][0]["mem_mb"] == "8000"
+    tiny_gpu = planned_resources(snakemake(tmp_path, "--profile", str(PROFILE), "-n",
+                                           "results/tiny_gpu/rl_eval.json").stdout)
+    assert gpus_of(tiny_gpu, "sft") == gpus_of(tiny_gpu, "rl") == gpus_of(tiny_gpu, "generate") == {1}
+    assert gpus_of(tiny_gpu, "tiny_task") == {0}
+
+
+def test_the_local_profile_plans(tmp_path):
+    result = snakemake(tmp_path, "--profile", str(REPO / "profiles" / "local"), "-n", "results/tiny/rl_eval.json")
+    assert "rule sft:" in result.stdout
+
+
+def test_no_default_profile_is_shipped():
+    # Snakemake loads profiles/default by itself, and its set-resources would replace the
+    # --profile's (DESIGN: measured)
+    assert not (REPO / "profiles" / "default").exists()
+
+
+# ------------------------------------------------------------------ sedsft.launch across nodes
+
+
+def test_launch_rewrites_standalone_for_one_node_of_several():
+    from sedsft.launch import multinode_torchrun
+
+    argv = ["torchrun", "--standalone", "--nproc_per_node", "8", "-m", "sedsft.cli", "sft", "--x", "1"]
+    assert multinode_torchrun(argv, 2, 1, "node-a:29500", "77") == [
+        "torchrun", "--nnodes", "2", "--node_rank", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint",
+        "node-a:29500", "--rdzv_id", "77", "--nproc_per_node", "8", "-m", "sedsft.cli", "sft", "--x", "1"]
+
+
+def launch(tmp_path, env: dict) -> list[list[str]]:
+    """Run `python -m sedsft.launch torchrun ...` with fake torchrun/srun/scontrol; the torchrun calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    record = tmp_path / "torchrun.jsonl"
+    scripts = {
+        "torchrun": f"import json, sys\nopen({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')",
+        "scontrol": "import sys\nassert sys.argv[1:] == ['show', 'hostnames', 'gpu[07-08]']\nprint('gpu07\\ngpu08')",
+        # one task per node, one after the other, each with its SLURM_NODEID
+        "srun": ("import os, subprocess, sys\nargs = sys.argv[1:]\nwhile args[0].startswith('-'):\n    args = args[1:]\n"
+                 "nodes = int(os.environ['SLURM_JOB_NUM_NODES'])\n"
+                 "sys.exit(max(subprocess.call(args, env={**os.environ, 'SLURM_NODEID': str(i)}) "
+                 "for i in range(nodes)))"),
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!{sys.executable}\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SEDSFT_"))}
+    clean["PATH"] = os.pathsep.join([str(bin_dir), os.environ["PATH"]])
+    command = [sys.executable, "-m", "sedsft.launch", "torchrun", "--standalone", "--nproc_per_node", "4",
+               "-m", "sedsft.cli", "sft", "--experiment", "x"]
+    subprocess.run(command, env={**clean, **env}, check=True, timeout=60)
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def test_launch_on_one_node_runs_torchrun_standalone(tmp_path):
+    for env in ({}, {"SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu07"}):
+        (call,) = launch(tmp_path, env)
+        assert call[:3] == ["--standalone", "--nproc_per_node", "4"]
+        (tmp_path / "torchrun.jsonl").unlink()
+
+
+def test_launch_on_two_nodes_runs_one_torchrun_per_node(tmp_path):
+    env = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]"}
+    first, second = launch(tmp_path, env)
+    for rank, call in enumerate((first, second)):
+        assert "--standalone" not in call
+        assert flag(call, "--nnodes") == "2" and flag(call, "--node_rank") == str(rank)
+        assert flag(call, "--rdzv_backend") == "c10d" and flag(call, "--rdzv_endpoint") == "gpu07:29500"
+        assert flag(call, "--rdzv_id") == "42" and flag(call, "--nproc_per_node") == "4"
+        assert call[-5:] == ["-m", "sedsft.cli", "sft", "--experiment", "x"]
