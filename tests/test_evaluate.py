@@ -86,22 +86,6 @@ def test_vllm_backend_refused_without_gpu():
     assert choose_backend("auto") == "hf"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from sedsft.config import TinyModelConfig
-    from sedsft.tinymodel import build_model, build_tokenizer
-
-    folder = tmp_path_factory.mktemp("model")
-    tokenizer = build_tokenizer(["What is 1 + 2? The answer is \\boxed{3}."] * 20, vocab_size=300)
-    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300,
-                          pretrain_problems=1, pretrain_steps=0, pretrain_batch_size=1,
-                          pretrain_learning_rate=1e-3, sft_problems=1, rl_problems=1, test_problems=1,
-                          max_operand=2)
-    build_model(tokenizer, cfg, seed=0).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def test_generation_resumes_where_it_stopped(tiny_model, tmp_path):
     prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i} + 1?"}]} for i in range(6)]
     sampling = SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=3)

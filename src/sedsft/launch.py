@@ -99,3 +99,23 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def save_final_model(trainer, tokenizer, out_dir: str) -> None:
+    """save_pretrained the trained model into out_dir so that the folder appears only complete:
+    every rank saves (ZeRO-3 gathers its shards there) into out_dir.tmp, rank 0 renames it."""
+    import shutil
+
+    from sedsft.hardware import rank
+
+    is_main = rank() == 0
+    tmp = Path(str(out_dir) + ".tmp")
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    trainer.accelerator.wait_for_everyone()
+    if is_main:
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)

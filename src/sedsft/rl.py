@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from sedsft.config import ConfigError, RLConfig
-from sedsft.hardware import has_cuda, rank, require_vllm, use_bf16
-from sedsft.launch import deepspeed_config
+from sedsft.hardware import has_cuda, require_vllm, use_bf16
+from sedsft.launch import deepspeed_config, save_final_model
 from sedsft.sources import DataError
 
 
@@ -131,16 +130,7 @@ def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: 
     resume = get_last_checkpoint(work_dir) if Path(work_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=resume)
 
-    tmp = Path(str(out_dir) + ".tmp")
-    if rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the shards here
-    trainer.accelerator.wait_for_everyone()
-    if rank() == 0:
-        tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
+    save_final_model(trainer, tokenizer, out_dir)
     if isinstance(reward, MathVerifyReward):
         reward.grader.close()
     return {"resumed_from": resume, "global_step": trainer.state.global_step, "prompts": len(rows),

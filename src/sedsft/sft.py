@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 from sedsft.config import ModelConfig, SFTConfig
-from sedsft.hardware import has_cuda, rank, use_bf16
-from sedsft.launch import deepspeed_config, zero_stage
+from sedsft.hardware import has_cuda, use_bf16
+from sedsft.launch import deepspeed_config, save_final_model, zero_stage
 from sedsft.losses import LossSettings, causal_lm_loss
 
 
@@ -185,16 +184,7 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
     resume = get_last_checkpoint(work_dir) if Path(work_dir).is_dir() else None
     result = trainer.train(resume_from_checkpoint=resume)
 
-    tmp = Path(str(out_dir) + ".tmp")
-    if rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the shards here
-    trainer.accelerator.wait_for_everyone()
-    if rank() == 0:
-        tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)  # the folder appears only once complete
+    save_final_model(trainer, tokenizer, out_dir)
     return {
         "world_size": trainer.args.world_size,
         "deepspeed": cfg.deepspeed,
