@@ -64,3 +64,10 @@ def test_wrong_type_is_named(tmp_path):
     result = snakemake(tmp_path, "-n", "results/tiny/rl_eval.json", configfiles=[bad], check=False)
     assert result.returncode != 0
     assert "defaults.eval.limit" in result.stdout + result.stderr
+
+
+def test_ce_twin_reuses_the_base_model_and_tau(tmp_path):
+    # tiny_ce differs from tiny only in sft.loss: one tiny task, one pre-training, one tau
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "results/tiny/rl_eval.json", "results/tiny_ce/rl_eval.json").stdout)
+    assert (jobs["tiny_task"], jobs["base_model"], jobs["threshold"]) == (1, 1, 1)
+    assert jobs["sft"] == jobs["rl"] == 2

@@ -49,21 +49,35 @@ def stage_json(stage):
     return lambda w: json.dumps(C.stage_settings(experiment(w.exp), stage), sort_keys=True)
 
 
+def owner(exp, stage):
+    """The experiment whose artifact of `stage` this one reuses: the farthest ancestor along
+    `extends` with the same settings for that stage (tiny_ce trains on tiny's base model)."""
+    settings = C.stage_settings(experiment(exp), stage)
+    parent = config["experiments"][exp].get("extends")
+    while parent and C.stage_settings(experiment(parent), stage) == settings:
+        exp, parent = parent, config["experiments"][parent].get("extends")
+    return exp
+
+
+def tiny_task_file(exp, split):
+    return f"results/{owner(exp, 'tiny_task')}/data/tiny/{split}.jsonl"
+
+
 def base_model(w):
     """The base model: the locally built tiny model, or a Hub id / local folder."""
-    return f"results/{w.exp}/base/model" if is_tiny(w.exp) else experiment(w.exp)["model"]["path"]
+    if is_tiny(w.exp):
+        return f"results/{owner(w.exp, 'base_model')}/base/model"
+    return experiment(w.exp)["model"]["path"]
 
 
 def base_model_input(w):
-    return [f"results/{w.exp}/base/model"] if is_tiny(w.exp) else []
+    return [base_model(w)] if is_tiny(w.exp) else []
 
 
 def data_source(w, section):
     """A data source: the tiny task's file, a local file (tracked as input), or a Hub id."""
     source = experiment(w.exp)["data"][section]["source"]
-    if source == "tiny":
-        return f"results/{w.exp}/data/tiny/{section}.jsonl"
-    return source
+    return tiny_task_file(w.exp, section) if source == "tiny" else source
 
 
 def data_source_input(section):

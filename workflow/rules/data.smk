@@ -109,7 +109,7 @@ rule rl_prompts:
 
 rule benchmark_data:
     input:
-        tiny_test=lambda w: ["results/{exp}/data/tiny/test.jsonl"] if w.bench == "tiny" else [],
+        tiny_test=lambda w: [tiny_task_file(w.exp, "test")] if w.bench == "tiny" else [],
     output:
         problems="results/{exp}/data/bench/{bench}.parquet",
         summary="results/{exp}/data/bench/{bench}.json",

@@ -30,7 +30,8 @@ rule sft:
     input:
         base=base_model_input,
         train="results/{exp}/data/sft_train.parquet",
-        threshold="results/{exp}/sft/threshold.json",
+        # tau comes from the base model: shared along `extends` like the base model itself
+        threshold=lambda w: f"results/{owner(w.exp, 'threshold')}/sft/threshold.json",
     output:
         model=directory("results/{exp}/sft/model"),
         summary="results/{exp}/sft/train.json",
