@@ -38,31 +38,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 try:
     from sedsft.chunked_loss import checkpointed_lm_loss, fused_linear_loss
     from sedsft.losses import LossSettings, token_losses
+    from sedsft.memory import LargestOutput
 except ImportError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from sedsft.chunked_loss import checkpointed_lm_loss, fused_linear_loss
     from sedsft.losses import LossSettings, token_losses
+    from sedsft.memory import LargestOutput
 
 IGNORE = -100
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class LargestOutput(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel() * t.element_size())
-        return out
 
 
 def make_methods(args, settings: LossSettings):
@@ -146,7 +134,7 @@ def measure(name, fn, h, head, y, denom, args, device):
 
         with LargestOutput() as mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             run_once(fn, h, head, y, denom)
-        row["saved"], row["largest"], row["rss"] = saved[0], mode.largest, rss_growth
+        row["saved"], row["largest"], row["rss"] = saved[0], mode.largest_bytes, rss_growth
     return row
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from sedsft.chunked_loss import STAT_NAMES, checkpointed_lm_loss, fused_linear_loss, lm_loss
+from sedsft.memory import LargestOutput
 from sedsft.losses import LossSettings, causal_lm_loss, token_losses
 
 IGNORE = -100
@@ -465,21 +465,6 @@ def test_fused_refuses_a_wrapped_head():
 
 
 MEM_N, MEM_V, MEM_H, MEM_CHUNK = 2048, 8192, 64, 256
-
-
-class LargestOutput(TorchDispatchMode):
-    """Records the largest tensor any aten op produces (what could be alive at the peak)."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 def memory_run(impl: str):
