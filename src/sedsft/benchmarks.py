@@ -53,7 +53,7 @@ def _text(value: object) -> str:
     raise ValueError(f"answer has unexpected type {type(value).__name__}")
 
 
-def _gsm8k_final(value: object) -> str:
+def gsm8k_final(value: object) -> str:
     """GSM8K answers are worked solutions ending in '#### <number>'; the gold is that number."""
     solution = _text(value)
     if not solution:
@@ -117,7 +117,7 @@ _SPECS: dict[str, _Spec] = {
     "amc23": _Spec("question", "answer", "id", ("math-ai/amc23", None, "test")),
     "math500": _Spec("problem", "answer", "unique_id", ("HuggingFaceH4/MATH-500", None, "test")),
     # Qwen's idx is the row index, so the Hub copy (no idx) gets the same ids.
-    "gsm8k": _Spec("question", "answer", "idx", ("openai/gsm8k", "main", "test"), _gsm8k_final),
+    "gsm8k": _Spec("question", "answer", "idx", ("openai/gsm8k", "main", "test"), gsm8k_final),
     "olympiadbench": _Spec(
         "question",
         "final_answer",

@@ -57,8 +57,14 @@ def tiny_task(args, s):
 
 
 def base_model(args, s):
+    if s["model"]["gguf"] is not None:
+        from sedsft.gguf_model import convert
+
+        return convert(C.section(s, C.GGUFConfig, "model.gguf"), args.out_dir, s["model"]["trust_remote_code"])
     from sedsft.tinymodel import build_and_pretrain
 
+    if not args.task_dir:
+        raise C.ConfigError("base-model: a tiny model needs --task-dir (the tiny task's files)")
     tiny = C.section(s, C.TinyModelConfig, "model.tiny")
     return build_and_pretrain(args.task_dir, args.out_dir, tiny, s["seed"], s["system_prompt"])
 
@@ -197,7 +203,7 @@ def compare(args, s):
 
 STAGES = {
     "tiny-task": (tiny_task, [("--out-dir", True)]),
-    "base-model": (base_model, [("--task-dir", True), ("--out-dir", True)]),
+    "base-model": (base_model, [("--task-dir", False), ("--out-dir", True)]),
     "sft-data": (sft_data, [("--source", True), ("--tokenizer", True), ("--train-out", True), ("--val-out", True)]),
     "rl-prompts": (rl_prompts, [("--source", True), ("--out", True)]),
     "benchmark": (benchmark, [("--name", True), ("--out", True), ("--tiny-test", False)]),

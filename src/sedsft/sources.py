@@ -9,13 +9,13 @@ class DataError(ValueError):
     """Bad training data, with a message naming the source, the field and the row."""
 
 
-def load_rows(source: str, split: str, limit: int | None = None) -> list[dict]:
-    """The first `limit` rows of a local file or a Hub dataset split, as plain dicts."""
+def load_rows(source: str, split: str, limit: int | None = None, skip: int = 0) -> list[dict]:
+    """`limit` rows (all if None) after the first `skip` of a local file or a Hub dataset split."""
     import datasets
 
     path = Path(source)
     suffix = "".join(path.suffixes[-1:])
-    sliced = f"{split}[:{limit}]" if limit else split
+    sliced = f"{split}[{skip or ''}:{skip + limit if limit else ''}]" if limit or skip else split
     if suffix in (".jsonl", ".json", ".parquet"):
         if not path.is_file():
             raise DataError(f"data file not found: {source}")
@@ -24,11 +24,13 @@ def load_rows(source: str, split: str, limit: int | None = None) -> list[dict]:
     elif path.exists():
         dataset = datasets.load_from_disk(str(path))
         dataset = dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
-        dataset = dataset.select(range(min(limit, len(dataset)))) if limit else dataset
+        end = len(dataset) if limit is None else min(skip + limit, len(dataset))
+        dataset = dataset.select(range(min(skip, end), end)) if limit or skip else dataset
     else:
         dataset = datasets.load_dataset(source, split=sliced)
     if len(dataset) == 0:
-        raise DataError(f"{source} (split {split!r}) has no rows")
+        beyond = f" after skipping {skip}" if skip else ""
+        raise DataError(f"{source} (split {split!r}) has no rows{beyond}")
     return dataset.to_list()
 
 

@@ -44,6 +44,12 @@ def is_tiny(exp):
     return experiment(exp)["model"]["tiny"] is not None
 
 
+def builds_base_model(exp):
+    """The base model is made by the workflow (tiny: built and pretrained; gguf: converted)."""
+    model = experiment(exp)["model"]
+    return model["tiny"] is not None or model["gguf"] is not None
+
+
 def stage_json(stage):
     """params: the stage's settings, so that editing them (and only them) re-runs the stage."""
     return lambda w: json.dumps(C.stage_settings(experiment(w.exp), stage), sort_keys=True)
@@ -64,14 +70,21 @@ def tiny_task_file(exp, split):
 
 
 def base_model(w):
-    """The base model: the locally built tiny model, or a Hub id / local folder."""
-    if is_tiny(w.exp):
+    """The base model: the one the workflow built (tiny, gguf), or a Hub id / local folder."""
+    if builds_base_model(w.exp):
         return f"results/{owner(w.exp, 'base_model')}/base/model"
     return experiment(w.exp)["model"]["path"]
 
 
 def base_model_input(w):
-    return [base_model(w)] if is_tiny(w.exp) else []
+    return [base_model(w)] if builds_base_model(w.exp) else []
+
+
+def tiny_task_inputs(w):
+    """What building the base model reads: the tiny task's files (a GGUF model needs none)."""
+    if not is_tiny(w.exp):
+        return {}
+    return {"pretrain": tiny_task_file(w.exp, "pretrain"), "sft": tiny_task_file(w.exp, "sft")}
 
 
 def data_source(w, section):

@@ -29,8 +29,7 @@ rule tiny_task:
 
 rule base_model:
     input:
-        pretrain="results/{exp}/data/tiny/pretrain.jsonl",
-        sft="results/{exp}/data/tiny/sft.jsonl",
+        unpack(tiny_task_inputs),
     output:
         model=directory("results/{exp}/base/model"),
         summary="results/{exp}/base/summary.json",
@@ -47,10 +46,10 @@ rule base_model:
         runtime=runtime("base_model"),
     params:
         settings=stage_json("base_model"),
+        task_dir=lambda w, input: f"--task-dir $(dirname {input.pretrain})" if "pretrain" in input.keys() else "",
     shell:
         "sedsft base-model --experiment {wildcards.exp} --settings {params.settings:q}"
-        " --task-dir $(dirname {input.pretrain}) --out-dir {output.model} --summary {output.summary}"
-        " > {log} 2>&1"
+        " {params.task_dir} --out-dir {output.model} --summary {output.summary} > {log} 2>&1"
 
 
 rule sft_data:
