@@ -20,18 +20,30 @@ def load_rows(source: str, split: str, limit: int | None = None, skip: int = 0) 
         if not path.is_file():
             raise DataError(f"data file not found: {source}")
         builder = "parquet" if suffix == ".parquet" else "json"
-        dataset = datasets.load_dataset(builder, data_files={split: str(path)}, split=sliced)
+        dataset = _sliced(lambda: datasets.load_dataset(builder, data_files={split: str(path)}, split=sliced))
     elif path.exists():
         dataset = datasets.load_from_disk(str(path))
         dataset = dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
         end = len(dataset) if limit is None else min(skip + limit, len(dataset))
         dataset = dataset.select(range(min(skip, end), end)) if limit or skip else dataset
     else:
-        dataset = datasets.load_dataset(source, split=sliced)
+        dataset = _sliced(lambda: datasets.load_dataset(source, split=sliced))
     if len(dataset) == 0:
         beyond = f" after skipping {skip}" if skip else ""
         raise DataError(f"{source} (split {split!r}) has no rows{beyond}")
     return dataset.to_list()
+
+
+def _sliced(load):
+    """datasets refuses a slice past the end ('corresponds to no data'): that is an empty window."""
+    import datasets
+
+    try:
+        return load()
+    except ValueError as error:
+        if "corresponds to no data" not in str(error):
+            raise
+        return datasets.Dataset.from_list([])
 
 
 def get_field(row: dict, dotted: str, source: str, index: int):
