@@ -58,7 +58,7 @@ def test_server_mode_launch_wraps_the_command():
 
 @pytest.mark.skipif(has_cuda(), reason="checks the CPU refusal")
 def test_vllm_on_cpu_is_refused_clearly(tmp_path):
-    with pytest.raises(HardwareError, match="rl.use_vllm asks for vLLM, which needs a CUDA GPU"):
+    with pytest.raises(HardwareError, match="rl.use_vllm: true runs vLLM, which needs a CUDA GPU"):
         grpo_config(rl_config("llama3b"), seed=0, work_dir=str(tmp_path), world_size=1)
 
 

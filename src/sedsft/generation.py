@@ -37,7 +37,7 @@ def choose_backend(requested: str) -> str:
     if requested == "auto":
         return "vllm" if has_cuda() and has_vllm() else "hf"
     if requested == "vllm":
-        require_vllm("eval.backend: vllm")
+        require_vllm("eval.backend: vllm", "eval.backend: auto (or hf)")
     return requested
 
 

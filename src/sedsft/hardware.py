@@ -32,10 +32,31 @@ def has_vllm() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def require_vllm(setting: str) -> None:
-    """A clear refusal instead of a deep import or CUDA error."""
+def require_vllm(setting: str, on_cpu: str) -> None:
+    """A clear refusal instead of a deep import or CUDA error. setting: what asked for vLLM
+    ("rl.use_vllm: true"); on_cpu: what to set instead on a machine without a GPU."""
     if not has_cuda():
-        raise HardwareError(f"{setting} asks for vLLM, which needs a CUDA GPU; none is visible here. "
-                           f"Set it to false/'hf' for CPU runs.")
+        raise HardwareError(f"{setting} runs vLLM, which needs a CUDA GPU; none is visible here. "
+                            f"Set {on_cpu} to run without one.")
     if not has_vllm():
-        raise HardwareError(f"{setting} asks for vLLM, but it is not installed: pip install -e '.[gpu]'")
+        raise HardwareError(f"{setting} runs vLLM, which is not installed: pip install -e '.[gpu]'")
+
+
+def require_precision(deepspeed_json: str | None, setting: str) -> None:
+    """Refuse a DeepSpeed file that switches bf16/fp16 on outright where the run cannot honour
+    it. The precision is sedsft's choice (bf16 on CUDA GPUs that support it, fp32 elsewhere;
+    the shipped zero2/zero3 files say "auto"): a hard-coded bf16 on a CPU machine would
+    otherwise stop inside the Trainer with a DeepSpeed/TrainingArguments mismatch, and fp16 is
+    never used (its loss scaling is not wired up)."""
+    import json
+
+    if deepspeed_json is None:
+        return
+    with open(deepspeed_json) as fh:
+        config = json.load(fh)
+    fix = 'set "enabled": "auto" there (bf16 on GPUs that support it, fp32 elsewhere)'
+    if (config.get("fp16") or {}).get("enabled") is True:
+        raise HardwareError(f"{setting}: {deepspeed_json} enables fp16, which sedsft does not use; {fix}")
+    if (config.get("bf16") or {}).get("enabled") is True and not use_bf16():
+        raise HardwareError(f"{setting}: {deepspeed_json} enables bf16, which needs a CUDA GPU with bf16 "
+                            f"support; none is visible here. To run without one, {fix}")

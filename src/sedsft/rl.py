@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from sedsft.config import ConfigError, RLConfig
-from sedsft.hardware import has_cuda, require_vllm, use_bf16
+from sedsft.hardware import has_cuda, require_precision, require_vllm, use_bf16
 from sedsft.launch import deepspeed_config, save_final_model
 from sedsft.sources import DataError
 
@@ -44,8 +44,10 @@ def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int, check_
     each optimizer update sees mini_batch_prompts x num_generations of them."""
     from trl import GRPOConfig
 
-    if cfg.use_vllm and check_hardware:
-        require_vllm("rl.use_vllm")
+    if check_hardware:
+        if cfg.use_vllm:
+            require_vllm("rl.use_vllm: true", "rl.use_vllm: false")
+        require_precision(deepspeed_config(cfg.deepspeed), "rl.deepspeed")
     update_completions = cfg.mini_batch_prompts * cfg.num_generations
     if update_completions % (cfg.per_device_batch_size * world_size):
         raise ConfigError(f"rl: mini_batch_prompts * num_generations = {update_completions} is not divisible "
