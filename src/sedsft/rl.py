@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
-from pathlib import Path
 
 from sedsft.config import ConfigError, RLConfig
-from sedsft.hardware import has_cuda, require_precision, require_vllm, use_bf16
+from sedsft.hardware import has_cuda, rank, require_precision, require_vllm, use_bf16
 from sedsft.launch import deepspeed_config, save_final_model
+from sedsft.resume import fingerprint, is_final, resume_point, save_checkpoint_as_final, stamp, trainer_state
 from sedsft.sources import DataError
+
+log = logging.getLogger("sedsft")
 
 
 class MathVerifyReward:
@@ -100,11 +104,13 @@ def filter_prompts(rows: list[dict], tokenizer, max_prompt_length: int) -> tuple
 
 def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: str, work_dir: str,
           trust_remote_code: bool = False, grading_workers: int = 2) -> dict:
+    """GRPO from sft_model; saved to out_dir atomically. A re-run after a kill resumes from the
+    newest complete checkpoint in work_dir that the same settings and inputs wrote; one that had
+    reached its last step is saved without training."""
     import datasets
     import pandas as pd
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOTrainer
 
     from sedsft.chat import load_tokenizer
@@ -124,16 +130,26 @@ def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: 
     rows, dropped = filter_prompts(rows, tokenizer, cfg.max_prompt_length)
     if not rows:
         raise DataError(f"{prompts_file}: every prompt is longer than rl.max_prompt_length={cfg.max_prompt_length}")
+    expected = fingerprint(stage="rl", rl=dataclasses.asdict(cfg), seed=seed, trust_remote_code=trust_remote_code,
+                           world_size=world_size, inputs={"model": stamp(sft_model), "prompts": stamp(prompts_file)})
+    resume = resume_point(work_dir, expected, is_main=rank() == 0)
+    summary = {"resumed_from": resume, "prompts": len(rows), "dropped_too_long": dropped, "world_size": world_size}
+    if resume and is_final(resume):
+        log.info("%s is the run's last step: saving it as the model without training", resume)
+        if rank() == 0:
+            save_checkpoint_as_final(resume, tokenizer, out_dir)
+        state = trainer_state(resume)
+        return {**summary, "global_step": state["global_step"], "log_history": state["log_history"]}
+    if resume:
+        log.info("resuming from %s", resume)
     model = AutoModelForCausalLM.from_pretrained(
         sft_model, dtype=torch.bfloat16 if use_bf16() else torch.float32, trust_remote_code=trust_remote_code)
     reward = MathVerifyReward(workers=grading_workers) if cfg.reward == "math_verify" else exact_match_reward
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
                           train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
-    resume = get_last_checkpoint(work_dir) if Path(work_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=resume)
 
     save_final_model(trainer, tokenizer, out_dir)
     if isinstance(reward, MathVerifyReward):
         reward.grader.close()
-    return {"resumed_from": resume, "global_step": trainer.state.global_step, "prompts": len(rows),
-            "dropped_too_long": dropped, "world_size": world_size, "log_history": trainer.state.log_history}
+    return {**summary, "global_step": trainer.state.global_step, "log_history": trainer.state.log_history}

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import os
 import time
 from pathlib import Path
 
 from sedsft.config import ModelConfig, SFTConfig
-from sedsft.hardware import has_cuda, use_bf16
+from sedsft.hardware import has_cuda, rank, require_precision, use_bf16
 from sedsft.launch import deepspeed_config, save_final_model, zero_stage
 from sedsft.losses import LossSettings, causal_lm_loss
+from sedsft.resume import fingerprint, is_final, resume_point, save_checkpoint_as_final, stamp, trainer_state
+
+log = logging.getLogger("sedsft")
 
 
 def load_sequences(path: str) -> list[tuple[list[int], list[int]]]:
@@ -80,22 +86,18 @@ def loss_implementation(cfg: SFTConfig) -> str:
 
 
 def make_trainer_class():
-    from transformers import Trainer, TrainerCallback
+    from transformers import Trainer
 
     class SFTTrainer(Trainer):
         """The HF Trainer with the SED loss family computed from hidden states (chunked) and
         per-logging-step telemetry of the loss's parts."""
 
-        def __init__(self, *args, loss_settings: LossSettings, loss_impl: str, chunk_size: int,
-                     metrics_file: str | None, **kwargs):
+        def __init__(self, *args, loss_settings: LossSettings, loss_impl: str, chunk_size: int, **kwargs):
             super().__init__(*args, **kwargs)
             self.loss_settings, self.loss_impl, self.chunk_size = loss_settings, loss_impl, chunk_size
             self.window = TelemetryWindow()
             # our loss is already normalised by the global label-token count: never divide again
             self.model_accepts_loss_kwargs = True
-            if metrics_file:
-                Path(metrics_file).touch()  # exists even if training never reaches a logging step
-                self.add_callback(MetricsFile(metrics_file))
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
@@ -125,77 +127,110 @@ def make_trainer_class():
                 self.window.reset()
             super().log(logs, start_time)
 
-    class MetricsFile(TrainerCallback):
-        def __init__(self, path: str):
-            self.path = path
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs:
-                with open(self.path, "a") as fh:
-                    fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
     return SFTTrainer
 
 
 def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, train_file: str,
           tau: float | None, out_dir: str, work_dir: str, metrics_file: str | None = None) -> dict:
-    """Fine-tune, resuming from the newest checkpoint in work_dir; save to out_dir atomically."""
+    """Fine-tune and save to out_dir atomically. A re-run after a kill resumes from the newest
+    complete checkpoint in work_dir that the same settings and inputs wrote (bit-identical to an
+    uninterrupted run on CPU); one that had reached its last step is saved without training."""
     import torch
     from transformers import AutoModelForCausalLM, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from sedsft.chat import load_tokenizer
 
+    require_precision(deepspeed_config(cfg.deepspeed), "sft.deepspeed")
     tokenizer = load_tokenizer(base_model, model_cfg.trust_remote_code)
-    dtype = torch.bfloat16 if use_bf16() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype,
-                                                 trust_remote_code=model_cfg.trust_remote_code)
     settings = loss_settings(cfg, tau)
-    Path(work_dir).mkdir(parents=True, exist_ok=True)
-    args = TrainingArguments(
-        deepspeed=deepspeed_config(cfg.deepspeed),
-        max_grad_norm=cfg.max_grad_norm,
-        output_dir=work_dir,
-        per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        weight_decay=cfg.weight_decay,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        bf16=use_bf16(),
-        use_cpu=not has_cuda(),
-        seed=seed,
-        data_seed=seed,
-        report_to="none",
-        remove_unused_columns=False,
-        disable_tqdm=True,
-    )
     impl = loss_implementation(cfg)
-    trainer = make_trainer_class()(
-        model=model, args=args, train_dataset=load_sequences(train_file),
-        data_collator=pad_collator(tokenizer.pad_token_id), loss_settings=settings, loss_impl=impl,
-        chunk_size=cfg.loss_chunk_size, metrics_file=metrics_file)
-    resume = get_last_checkpoint(work_dir) if Path(work_dir).is_dir() else None
-    result = trainer.train(resume_from_checkpoint=resume)
-
-    save_final_model(trainer, tokenizer, out_dir)
+    # ---- resume: this run's own checkpoints only
+    expected = fingerprint(stage="sft", sft=dataclasses.asdict(cfg), seed=seed, tau=tau,
+                           trust_remote_code=model_cfg.trust_remote_code,
+                           inputs={"base_model": stamp(base_model), "train": stamp(train_file)})
+    resume = resume_point(work_dir, expected, is_main=rank() == 0)
+    if resume and is_final(resume):
+        log.info("%s is the run's last step: saving it as the model without training", resume)
+        if rank() == 0:
+            save_checkpoint_as_final(resume, tokenizer, out_dir)
+        state = trainer_state(resume)
+        history, global_step = state["log_history"], state["global_step"]
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    else:
+        if resume:
+            log.info("resuming from %s", resume)
+        # ---- model and trainer
+        dtype = torch.bfloat16 if use_bf16() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype,
+                                                     trust_remote_code=model_cfg.trust_remote_code)
+        args = TrainingArguments(
+            deepspeed=deepspeed_config(cfg.deepspeed),
+            max_grad_norm=cfg.max_grad_norm,
+            output_dir=work_dir,
+            per_device_train_batch_size=cfg.per_device_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler,
+            warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+            weight_decay=cfg.weight_decay,
+            num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            logging_steps=cfg.logging_steps,
+            save_steps=cfg.save_steps,
+            save_total_limit=2,
+            bf16=use_bf16(),
+            use_cpu=not has_cuda(),
+            seed=seed,
+            data_seed=seed,
+            report_to="none",
+            remove_unused_columns=False,
+            disable_tqdm=True,
+        )
+        trainer = make_trainer_class()(
+            model=model, args=args, train_dataset=load_sequences(train_file),
+            data_collator=pad_collator(tokenizer.pad_token_id), loss_settings=settings, loss_impl=impl,
+            chunk_size=cfg.loss_chunk_size)
+        # ---- train, save
+        trainer.train(resume_from_checkpoint=resume)
+        save_final_model(trainer, tokenizer, out_dir)
+        history, global_step = trainer.state.log_history, trainer.state.global_step
+        world_size = trainer.args.world_size
+    if metrics_file and rank() == 0:
+        write_metrics(metrics_file, history)
     return {
-        "world_size": trainer.args.world_size,
+        "world_size": world_size,
         "deepspeed": cfg.deepspeed,
         "loss_impl": impl,
         "resumed_from": resume,
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "global_step": global_step,
+        "train_loss": mean_train_loss(history),
         "loss": settings.loss,
         "tau": tau,
-        "log_history": trainer.state.log_history,
+        "log_history": history,
     }
+
+
+def mean_train_loss(history: list[dict]) -> float | None:
+    """The mean training loss over the steps the logged losses cover (each logging step's loss
+    is the mean over the steps since the previous one). Read from the log history because the
+    Trainer's own `training_loss` counts only the steps since a resume."""
+    total, last = 0.0, 0
+    for row in history:
+        if "loss" in row and row["step"] > last:
+            total += row["loss"] * (row["step"] - last)
+            last = row["step"]
+    return total / last if last else None
+
+
+def write_metrics(path: str, history: list[dict]) -> None:
+    """sft/metrics.jsonl: one line per logging step (and the Trainer's closing summary), written
+    once at the end from the log history, which a resumed run restores from its checkpoint: the
+    file is whole after a kill and a resume, and never exists half-written. (While training,
+    the same lines go to the log.)"""
+    tmp = Path(path + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    tmp.replace(path)
 
 
 def read_tau(threshold_file: str) -> float:
