@@ -86,20 +86,59 @@ def test_vllm_backend_refused_without_gpu():
     assert choose_backend("auto") == "hf"
 
 
-def test_generation_resumes_where_it_stopped(tiny_model, tmp_path):
+def _killed_after(records: int, monkeypatch):
+    """Make HF generation die (like a kill) once `records` prompts' lines are written."""
+    import sedsft.generation as generation
+
+    real = generation._generate_hf
+
+    def dying(*args, **kwargs):
+        for i, record in enumerate(real(*args, **kwargs)):
+            if i == records:
+                raise KeyboardInterrupt("killed")
+            yield record
+
+    monkeypatch.setattr(generation, "_generate_hf", dying)
+
+
+def test_generation_resumes_where_it_stopped(tiny_model, tmp_path, monkeypatch):
     prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i} + 1?"}]} for i in range(6)]
     sampling = SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=3)
     whole = tmp_path / "whole.jsonl"
-    summary = generate_to_file(tiny_model, prompts, str(whole), sampling, batch_size=2)
+    # batch_size counts sequences: 4 = two prompts x two samples per batch, three batches
+    summary = generate_to_file(tiny_model, prompts, str(whole), sampling, batch_size=4)
     assert summary["resumed_prompts"] == 0 and summary["backend"] == "hf"
     lines = whole.read_text().splitlines()
     assert len(lines) == 6 and all(len(json.loads(line)["completions"]) == 2 for line in lines)
 
-    # a run killed after three prompts, in the middle of writing the fourth line
+    # a run killed after three prompts (the first batch and half the second), in the middle of
+    # writing the fourth line
     resumed = tmp_path / "resumed.jsonl"
-    (tmp_path / "resumed.jsonl.partial").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
-    summary = generate_to_file(tiny_model, prompts, str(resumed), sampling, batch_size=2)
-    assert summary["resumed_prompts"] == 3
-    # seeded per prompt: the resumed file equals the uninterrupted one
-    assert resumed.read_text() == whole.read_text()
-    assert not (tmp_path / "resumed.jsonl.partial").exists()
+    partial = tmp_path / "resumed.jsonl.partial"
+    with monkeypatch.context() as patch:
+        _killed_after(3, patch)
+        with pytest.raises(KeyboardInterrupt):
+            generate_to_file(tiny_model, prompts, str(resumed), sampling, batch_size=4)
+    assert not resumed.exists() and partial.read_text().splitlines() == lines[:3]
+    partial.write_text(partial.read_text() + lines[3][:20])
+    summary = generate_to_file(tiny_model, prompts, str(resumed), sampling, batch_size=4)
+    # only whole batches are kept: the second is generated again, with its own seed and padding
+    assert summary["resumed_prompts"] == 2
+    # seeded per batch: the resumed file equals the uninterrupted one
+    assert resumed.read_bytes() == whole.read_bytes()
+    assert not partial.exists() and not (tmp_path / "resumed.jsonl.partial.json").exists()
+
+
+def test_a_partial_file_of_other_settings_is_not_resumed(tiny_model, tmp_path, monkeypatch):
+    prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i} + 1?"}]} for i in range(3)]
+    sampling = SamplingSettings(n=1, temperature=1.0, top_p=1.0, max_new_tokens=4, seed=3)
+    out = tmp_path / "out.jsonl"
+    with monkeypatch.context() as patch:
+        _killed_after(2, patch)
+        with pytest.raises(KeyboardInterrupt):
+            generate_to_file(tiny_model, prompts, str(out), sampling, batch_size=1)
+    other = SamplingSettings(n=1, temperature=0.5, top_p=1.0, max_new_tokens=4, seed=3)
+    assert generate_to_file(tiny_model, prompts, str(out), other, batch_size=1)["resumed_prompts"] == 0
+    fresh = tmp_path / "fresh.jsonl"
+    generate_to_file(tiny_model, prompts, str(fresh), other, batch_size=1)
+    assert out.read_bytes() == fresh.read_bytes()

@@ -1,8 +1,8 @@
 """One generation interface, two backends: vLLM on GPUs, HF `generate` on CPU.
 
 Samples are appended to a JSONL file one prompt at a time (all n samples of a prompt in one
-line), so a killed run resumes at the first prompt without a line, and a re-grade never needs
-a re-generation.
+line), so a killed run resumes at the first batch of prompts without all its lines, and a
+re-grade never needs a re-generation.
 
 With ``entropies=True`` each line also carries ``entropies``: per completion, the entropy (nats)
 of the model's own next-token distribution at every sampled position -- softmax of the raw
@@ -14,6 +14,7 @@ which the full-vocabulary entropy cannot be computed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sedsft.hardware import has_cuda, has_vllm, require_vllm
+from sedsft.resume import claim_partial, fingerprint, release_partial, stamp
 
 
 @dataclass(frozen=True)
@@ -41,21 +43,23 @@ def choose_backend(requested: str) -> str:
     return requested
 
 
-def done_ids(path: Path) -> set[str]:
-    """Prompt ids already written; a torn last line (killed mid-write) is dropped."""
-    if not path.exists():
-        return set()
-    ids, good = set(), []
-    with open(path) as fh:
-        for line in fh:
-            try:
-                ids.add(json.loads(line)["id"])
-                good.append(line)
-            except (json.JSONDecodeError, KeyError):
-                break
-    with open(path, "w") as fh:
-        fh.writelines(good)
-    return ids
+def written_lines(path: Path) -> dict[str, str]:
+    """The lines of a partial file by prompt id, up to a torn last line (killed mid-write)."""
+    lines = {}
+    if path.exists():
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    lines[json.loads(line)["id"]] = line
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    break
+    return lines
+
+
+def prompts_per_batch(backend: str, batch_size: int, n: int) -> int:
+    """How many prompts one generation call takes (HF: batch_size counts sequences; vLLM
+    schedules its own batches, chunks only bound what a kill can lose)."""
+    return max(batch_size, 256) if backend == "vllm" else max(1, batch_size // n)
 
 
 def generate_to_file(model_dir: str, prompts: list[dict], out: str, sampling: SamplingSettings, *,
@@ -63,21 +67,35 @@ def generate_to_file(model_dir: str, prompts: list[dict], out: str, sampling: Sa
                      tensor_parallel_size: int = 1, entropies: bool = False) -> dict:
     """prompts: [{"id", "messages"}]. Writes {"id", "completions", "token_ids", "finished"}
     (plus "entropies" when asked) per prompt to `out` (via out.partial, renamed when complete).
-    Returns a summary."""
+    Returns a summary.
+
+    A killed run's out.partial is resumed batch by batch: only batches with every line written
+    are kept, and the rest are generated again with the same batches and seeds, so with the HF
+    backend the finished file is byte-identical to an uninterrupted run. A partial written for
+    other prompts, settings or another model (out.partial.json says which) is discarded."""
     out = Path(out)
     partial = Path(str(out) + ".partial")
-    finished = done_ids(partial)
-    todo = [p for p in prompts if p["id"] not in finished]
     backend = choose_backend(backend)
+    group = prompts_per_batch(backend, batch_size, sampling.n)
+    claim_partial(partial, fingerprint(model=stamp(model_dir), sampling=vars(sampling), backend=backend,
+                                       prompts_per_batch=group, entropies=entropies,
+                                       prompts=hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()))
+    written = written_lines(partial)
+    batches = [prompts[i:i + group] for i in range(0, len(prompts), group)]
+    complete = [all(p["id"] in written for p in batch) for batch in batches]
+    todo = [p for batch, done in zip(batches, complete) if not done for p in batch]
+    with open(partial, "w") as fh:  # drops the lines of a batch the kill cut short
+        fh.writelines(written[p["id"]] for batch, done in zip(batches, complete) if done for p in batch)
     if todo:
         run = _generate_vllm if backend == "vllm" else _generate_hf
         with open(partial, "a") as fh:
-            for record in run(model_dir, todo, sampling, batch_size, trust_remote_code, tensor_parallel_size,
+            for record in run(model_dir, todo, sampling, group, trust_remote_code, tensor_parallel_size,
                               entropies=entropies):
                 fh.write(json.dumps(record) + "\n")
                 fh.flush()
     partial.replace(out)
-    summary = {"backend": backend, "prompts": len(prompts), "resumed_prompts": len(finished),
+    release_partial(partial)
+    summary = {"backend": backend, "prompts": len(prompts), "resumed_prompts": len(prompts) - len(todo),
                "sampling": vars(sampling)}
     if entropies:
         summary["entropies"] = ENTROPY_SOURCE[backend]
@@ -99,7 +117,7 @@ def token_entropies(logits):
     return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
 
 
-def _generate_hf(model_dir, prompts, sampling: SamplingSettings, batch_size, trust_remote_code, _tp, *,
+def _generate_hf(model_dir, prompts, sampling: SamplingSettings, per_batch, trust_remote_code, _tp, *,
                  entropies: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
@@ -113,7 +131,6 @@ def _generate_hf(model_dir, prompts, sampling: SamplingSettings, batch_size, tru
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
     model.to(device).eval()
     greedy = sampling.temperature == 0
-    per_batch = max(1, batch_size // sampling.n)  # batch_size counts sequences, not prompts
     for start in tqdm(range(0, len(prompts), per_batch), desc="generate", mininterval=10):
         batch = prompts[start:start + per_batch]
         texts = [tokenizer.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True)
@@ -162,7 +179,7 @@ def _strip_padding(ids: list[int], tokenizer) -> list[int]:
     return [t for t in ids if t != pad]
 
 
-def _generate_vllm(model_dir, prompts, sampling: SamplingSettings, batch_size, trust_remote_code, tp, *,
+def _generate_vllm(model_dir, prompts, sampling: SamplingSettings, chunk, trust_remote_code, tp, *,
                    entropies: bool = False):
     from vllm import LLM, SamplingParams
 
@@ -170,8 +187,6 @@ def _generate_vllm(model_dir, prompts, sampling: SamplingSettings, batch_size, t
               trust_remote_code=trust_remote_code)
     params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                             max_tokens=sampling.max_new_tokens, seed=sampling.seed)
-    # vLLM schedules its own batches; chunks only bound how much work a kill can lose
-    chunk = max(batch_size, 256)
     for start in range(0, len(prompts), chunk):
         batch = prompts[start:start + chunk]
         outputs = llm.chat([p["messages"] for p in batch], params, use_tqdm=True)
