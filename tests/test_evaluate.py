@@ -67,6 +67,31 @@ def test_grade_file_and_summary(tmp_path):
     assert "| gsm8k | 2 | 2 | 50.00 |" in markdown_table(result, "sft")
 
 
+def test_hostile_generations_are_graded_and_reported_in_bounded_time(tmp_path):
+    """The cases of test_grading.HOSTILE_OUTPUTS as one problem's samples in a generations file
+    (plus raw non-UTF-8 bytes in the file itself): each graded 0, or 1 where the last box is
+    right, and the report (maj@n compares the extracted answers) still comes out."""
+    import time
+
+    from test_grading import HOSTILE_OUTPUTS
+
+    _write_bench(tmp_path / "b.parquet", [{"id": "1", "problem": "x", "answer": "42"},
+                                          {"id": "2", "problem": "y", "answer": "42"}])
+    texts = [text for text, _ in HOSTILE_OUTPUTS.values()]
+    with open(tmp_path / "b.jsonl", "wb") as fh:
+        fh.write(json.dumps({"id": "1", "completions": texts}).encode() + b"\n")
+        fh.write(b'{"id": "2", "completions": ["\xff\xfe \\\\boxed{42}"]}\n')  # not UTF-8
+    started = time.perf_counter()
+    grade_file(str(tmp_path / "b.jsonl"), str(tmp_path / "b.parquet"), str(tmp_path / "b.graded.jsonl"),
+               workers=2, timeout_s=1)
+    graded = [json.loads(line) for line in open(tmp_path / "b.graded.jsonl")]
+    assert graded[0]["correct"] == [right for _, right in HOSTILE_OUTPUTS.values()]
+    assert graded[1]["correct"] == [True]
+    metrics = benchmark_metrics(graded[:1])
+    assert metrics["accuracy"] == pytest.approx(100 * 4 / len(texts)) and metrics["timeouts"] == 1
+    assert time.perf_counter() - started < 60
+
+
 def test_grade_file_refuses_missing_generations(tmp_path):
     from sedsft.sources import DataError
 

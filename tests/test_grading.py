@@ -179,6 +179,36 @@ HOSTILE = [
 ]
 
 
+# Hostile model outputs against the gold "42", with the right grade: 0 unless the last complete
+# box really holds 42. Shared with the RL reward (test_rl.py) and the eval path (test_evaluate.py).
+HOSTILE_OUTPUTS = {
+    "1 MB, no box": ("x" * 1_000_000, False),
+    "1 MB, the right box at the end": ("step " * 200_000 + "\\boxed{42}", True),
+    "1 MB inside the box": ("\\boxed{" + "4" * 1_000_000 + "}", False),
+    "deeply nested LaTeX": ("\\boxed{" + "\\frac{" * 5000 + "42" + "}" * 5000 + "}", False),
+    "nested and slow to parse (timeout)": ("\\boxed{" + "(" * 300 + "42" + ")" * 300 + "}", False),
+    "nested under the length cap": ("\\boxed{\\sqrt{" * 150 + "42" + "}" * 300, False),
+    "no box": ("The answer is 42.", False),
+    "many boxes, the right one last": ("\\boxed{1}" * 20_000 + "\\boxed{42}", True),
+    "many boxes, a wrong one last": ("\\boxed{42}" * 20_000 + "\\boxed{1}", False),
+    "200k unclosed boxes": ("\\boxed{" * 200_000, False),
+    "lone surrogates around the right box": ("\ud800 \\boxed{42} \udfff", True),
+    "a lone surrogate inside the box": ("\\boxed{4\udcff2}", False),
+    "undecodable bytes (replacement characters)": ("\ufffd\\boxed{42}\ufffd", True),
+    "NUL and control characters in the box": ("\\boxed{42\x00\x07}", False),
+}
+
+
+def test_hostile_outputs_through_the_pool_get_the_right_grade_in_bounded_time():
+    completions = [c for c, _ in HOSTILE_OUTPUTS.values()] + [b"\\boxed{42}\xff\xfe"]  # raw non-UTF-8 bytes
+    with Grader(workers=2, timeout_s=1.0) as grader:
+        started = time.perf_counter()
+        grades = grader.grade(completions, ["42"] * len(completions))
+        assert time.perf_counter() - started < 30
+        assert [g.correct for g in grades] == [right for _, right in HOSTILE_OUTPUTS.values()] + [True]
+        assert grader.grade(["\\boxed{42}"], ["42"])[0].correct  # and it goes on
+
+
 def test_hostile_in_process_bounded():
     for h in HOSTILE:
         t0 = time.perf_counter()

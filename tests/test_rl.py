@@ -68,6 +68,29 @@ def test_rewards():
     assert exact_match_reward(None, completions, answers) == [1.0, -1.0, -1.0, -1.0, -1.0]
 
 
+def test_rewards_of_hostile_outputs_are_right_and_bounded():
+    """Huge, deeply nested, box-less, many-boxed and surrogate-laden completions (the cases of
+    test_grading.HOSTILE_OUTPUTS) score 0, or 1 where the last box is right, in bounded time, and
+    the reward keeps working for the next batch."""
+    from test_grading import HOSTILE_OUTPUTS
+
+    texts = [text for text, _ in HOSTILE_OUTPUTS.values()]
+    completions = [[{"role": "assistant", "content": t}] for t in texts]
+    reward = MathVerifyReward(workers=2, timeout_s=1)
+    try:
+        started = time.perf_counter()
+        assert reward(None, completions, ["42"] * len(texts)) == [float(r) for _, r in HOSTILE_OUTPUTS.values()]
+        assert time.perf_counter() - started < 30
+        assert reward(None, [[{"role": "assistant", "content": "\\boxed{42}"}]], ["42"]) == [1.0]
+    finally:
+        reward.grader.close()
+    started = time.perf_counter()
+    # the released code's reward: +1 where the last box is the string "42" (here: where it is right)
+    expected = [1.0 if right else -1.0 for _, right in HOSTILE_OUTPUTS.values()]
+    assert exact_match_reward(None, completions, ["42"] * len(texts)) == expected
+    assert time.perf_counter() - started < 5
+
+
 @pytest.mark.slow
 def test_killed_rl_resumes_from_its_last_checkpoint(tmp_path):
     settings = C.experiment_settings(C.load_config(REPO / "config.yaml"), "tiny", REPO)

@@ -203,5 +203,6 @@ def _generate_vllm(model_dir, prompts, sampling: SamplingSettings, chunk, trust_
 
 
 def read_generations(path: str) -> dict[str, dict]:
-    with open(path) as fh:
+    # bytes that are not UTF-8 (a file from another tool) become U+FFFD: graded, never a crash
+    with open(path, encoding="utf-8", errors="replace") as fh:
         return {record["id"]: record for record in map(json.loads, fh)}
