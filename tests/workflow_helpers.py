@@ -12,12 +12,17 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(workdir: Path, *args: str, configfiles: list[Path] = (), check: bool = True,
-              timeout: int = 1200) -> subprocess.CompletedProcess:
+def snakemake_command(workdir: Path, *args: str, configfiles: list[Path] = ()) -> list[str]:
     command = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
     if configfiles:
         command += ["--configfile", *map(str, configfiles)]
-    result = subprocess.run(command + list(args), capture_output=True, text=True, timeout=timeout)
+    return command + list(args)
+
+
+def snakemake(workdir: Path, *args: str, configfiles: list[Path] = (), check: bool = True,
+              timeout: int = 1200) -> subprocess.CompletedProcess:
+    command = snakemake_command(workdir, *args, configfiles=configfiles)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
