@@ -55,3 +55,13 @@ def test_smollm2_converts_its_gguf_once_and_the_hub_twin_does_not(tmp_path):
     assert any("results/smollm2/base/model" in o for o in planned_outputs(result.stdout))
     hub = planned_jobs(snakemake(tmp_path, "-n", "results/smollm2_hub/rl_eval.json").stdout)
     assert set(hub) == PAPER_STAGES  # the Hub id is the base model itself
+
+
+def test_base_eval_evaluates_the_base_model_itself(tmp_path):
+    tiny = snakemake(tmp_path, "-n", "-p", "results/tiny/base_eval.json").stdout
+    assert set(planned_jobs(tiny)) == {"tiny_task", "base_model", "benchmark_data", "generate", "grade", "eval_report"}
+    assert "--model results/tiny/base/model --benchmark" in tiny
+    llama = snakemake(tmp_path, "-n", "-p", "results/llama3b/base_eval.json").stdout
+    assert set(planned_jobs(llama)) == {"benchmark_data", "generate", "grade", "eval_report"}  # no SFT, no RL
+    assert "--model meta-llama/Llama-3.2-3B-Instruct --benchmark" in llama
+    assert "--model meta-llama/Llama-3.2-3B-Instruct --label base" in llama

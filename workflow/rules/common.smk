@@ -116,16 +116,20 @@ def benchmarks(exp):
     return list(settings["eval"]["benchmarks"]) + (["tiny"] if is_tiny(exp) else [])
 
 
-# ----------------------------------------------------------------------------- diversity inputs
-# stage base: the base model itself (the tiny experiment's local folder, else model.path).
+# ----------------------------------------------------------------------------- the model of a stage
+# {stage} of diversity and evaluation: sft, rl, or base (the base model itself: the folder the
+# workflow built for tiny/gguf, else model.path, which may be a Hub id and so no input file).
 
 
-def diversity_model(w):
+def stage_model(w):
     return base_model(w) if w.stage == "base" else f"results/{w.exp}/{w.stage}/model"
 
 
-def diversity_model_input(w):
+def stage_model_input(w):
     return base_model_input(w) if w.stage == "base" else [f"results/{w.exp}/{w.stage}/model"]
+
+
+# ----------------------------------------------------------------------------- diversity inputs
 
 
 def diversity_prompts_input(w):

@@ -4,7 +4,7 @@
 
 rule diversity:
     input:
-        model=diversity_model_input,
+        model=stage_model_input,
         prompts=diversity_prompts_input,
         benchmarks=diversity_benchmarks_input,
     output:
@@ -28,7 +28,7 @@ rule diversity:
         runtime=runtime("diversity"),
     params:
         settings=stage_json("diversity"),
-        model=diversity_model,
+        model=stage_model,
         prompts=lambda w, input: f"--prompts {input.prompts}" if input.prompts else "",
         benchmarks=lambda w, input: f"--benchmarks {input.benchmarks}" if input.benchmarks else "",
     shell:

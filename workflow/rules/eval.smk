@@ -1,9 +1,10 @@
 # Stage 5: evaluation. Generation and grading are separate cached steps per benchmark.
+# {stage}: sft, rl, or base (the base model before SFT: results/{exp}/base_eval.json, on demand).
 
 
 rule generate:
     input:
-        model="results/{exp}/{stage}/model",
+        model=stage_model_input,
         problems="results/{exp}/data/bench/{bench}.parquet",
     output:
         generations="results/{exp}/eval/{stage}/{bench}.jsonl",
@@ -12,6 +13,8 @@ rule generate:
         "results/{exp}/logs/generate_{stage}_{bench}.log",
     benchmark:
         "results/{exp}/benchmarks/generate_{stage}_{bench}.tsv"
+    wildcard_constraints:
+        stage="base|sft|rl",
     # seeded and writing only its own outputs: a retry (after a lost node, say) is safe
     retries: 1
     conda:
@@ -23,9 +26,10 @@ rule generate:
         runtime=runtime("generate"),
     params:
         settings=lambda w: json.dumps(C.generate_settings(experiment(w.exp), w.bench), sort_keys=True),
+        model=stage_model,
     shell:
         "sedsft generate --experiment {wildcards.exp} --settings {params.settings:q}"
-        " --model {input.model} --benchmark {input.problems} --out {output.generations}"
+        " --model {params.model:q} --benchmark {input.problems} --out {output.generations}"
         " --summary {output.summary} > {log} 2>&1"
 
 
@@ -40,6 +44,8 @@ rule grade:
         "results/{exp}/logs/grade_{stage}_{bench}.log",
     benchmark:
         "results/{exp}/benchmarks/grade_{stage}_{bench}.tsv"
+    wildcard_constraints:
+        stage="base|sft|rl",
     retries: 1
     conda:
         CONDA_ENV
@@ -58,7 +64,7 @@ rule grade:
 
 rule eval_report:
     input:
-        model="results/{exp}/{stage}/model",
+        model=stage_model_input,
         graded=eval_inputs("eval/{stage}/{bench}.graded.jsonl"),
         generation=eval_inputs("eval/{stage}/{bench}.generation.json"),
         bench=eval_inputs("data/bench/{bench}.json"),
@@ -73,6 +79,8 @@ rule eval_report:
         "results/{exp}/logs/eval_report_{stage}.log",
     benchmark:
         "results/{exp}/benchmarks/eval_report_{stage}.tsv"
+    wildcard_constraints:
+        stage="base|sft|rl",
     conda:
         CONDA_ENV
     threads: 1
@@ -80,12 +88,13 @@ rule eval_report:
         mem_mb=mem_mb("eval_report"),
         runtime=runtime("eval_report"),
     params:
+        model=stage_model,
         graded=lambda w, input: " ".join(f"{b}={p}" for b, p in zip(benchmarks(w.exp), input.graded)),
         generation=lambda w, input: " ".join(f"{b}={p}" for b, p in zip(benchmarks(w.exp), input.generation)),
         bench=lambda w, input: " ".join(f"{b}={p}" for b, p in zip(benchmarks(w.exp), input.bench)),
         diversity=lambda w, input: f"--diversity {input.diversity}" if input.diversity else "",
         baseline=lambda w, input: f"--baseline {input.baseline}" if input.baseline else "",
     shell:
-        "sedsft report --experiment {wildcards.exp} --settings '{{}}' --model {input.model}"
+        "sedsft report --experiment {wildcards.exp} --settings '{{}}' --model {params.model:q}"
         " --label {wildcards.stage} --graded {params.graded} --generation-meta {params.generation}"
         " --bench-meta {params.bench} {params.diversity} {params.baseline} --out-md {output.table} --summary {output.result} > {log} 2>&1"
