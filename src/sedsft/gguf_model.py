@@ -10,6 +10,7 @@ once it is complete.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import subprocess
@@ -51,11 +52,17 @@ def fetch(cfg: GGUFConfig, scratch: Path) -> Path:
     return found[0].parent
 
 
-def special_token_ids(gguf_path: Path) -> dict[str, int]:
-    """The special-token ids the GGUF file itself declares (tokenizer.ggml.<name>_token_id)."""
+@functools.lru_cache(maxsize=4)
+def _fields(gguf_path: str) -> dict:
+    """The file's metadata fields, parsed once per process (convert reads several of them)."""
     from gguf import GGUFReader
 
-    fields = GGUFReader(str(gguf_path)).fields
+    return GGUFReader(gguf_path).fields
+
+
+def special_token_ids(gguf_path: Path) -> dict[str, int]:
+    """The special-token ids the GGUF file itself declares (tokenizer.ggml.<name>_token_id)."""
+    fields = _fields(str(gguf_path))
     ids = {}
     for name in SPECIAL_TOKENS:
         field = fields.get(f"tokenizer.ggml.{name}_token_id")
@@ -66,9 +73,7 @@ def special_token_ids(gguf_path: Path) -> dict[str, int]:
 
 def tokenizer_model(gguf_path: Path) -> str | None:
     """tokenizer.ggml.model: 'gpt2' for a byte-level BPE, 'llama' for a sentencepiece one."""
-    from gguf import GGUFReader
-
-    field = GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.model")
+    field = _fields(str(gguf_path)).get("tokenizer.ggml.model")
     return bytes(field.parts[field.data[0]]).decode() if field is not None and field.data else None
 
 
