@@ -1,5 +1,5 @@
-"""Tests for sedsft.benchmarks: every quirk listed in shared/benchmarks/SOURCES.md, on small
-fixture files, plus one pass over the real benchmark folder when it is present."""
+"""Tests for sedsft.benchmarks: every quirk listed in data/SOURCES.md, on small fixture files,
+plus one pass over the real benchmark files the repository ships in data/benchmarks."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sedsft.benchmarks import (
     strip_math_delimiters,
 )
 
-REAL_BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+REAL_BENCHMARKS = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 
 
 def write_rows(root: Path, name: str, rows: list) -> Path:
@@ -291,8 +291,6 @@ EXPECTED_ROWS = {
 
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_real_benchmark_files(name):
-    if not REAL_BENCHMARKS.is_dir():
-        pytest.skip(f"benchmark folder {REAL_BENCHMARKS} is absent")
     rows, skipped = load_benchmark(name, REAL_BENCHMARKS)
     assert len(rows) == EXPECTED_ROWS[name]
     assert all(r["problem"].strip() and r["answer"].strip() for r in rows)

@@ -1,6 +1,6 @@
 """Load the eight math test sets as uniform rows {"id", "problem", "answer"}.
 
-Local files are the Qwen2.5-Math harness copies described in shared/benchmarks/SOURCES.md.
+Local files are the harness copies the repository ships in data/benchmarks (data/SOURCES.md).
 Each benchmark has one spec (question field, answer field, id field, answer normalizer,
 Hub location); local rows and Hub rows go through the same `normalize_row`, so both sources
 give the same answers. Rows with no usable problem or gold answer are never scored and never
