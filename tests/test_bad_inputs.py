@@ -133,6 +133,10 @@ def incomplete_benchmarks(tmp_path, capsys, tiny_model):
     return dry_run(tmp_path, "results/tiny/rl_eval.json", {"benchmarks_dir": str(tmp_path / "bench")})
 
 
+def missing_benchmarks(tmp_path, capsys, tiny_model):
+    return dry_run(tmp_path, "results/tiny/rl_eval.json", {"benchmarks_dir": str(tmp_path / "no-bench")})
+
+
 def missing_columns(tmp_path, capsys, tiny_model):
     source = jsonl(tmp_path / "data.jsonl", [{"problem": r["question"], "solution": r["answer"]} for r in QA])
     return sft_data(capsys, tmp_path, tiny_model, source)
@@ -229,6 +233,10 @@ CASES = {
     "wrong type": Case(wrong_type, "defaults.eval.limit: 'ten' is not of type 'integer', 'null'", at_load=True),
     "base model path that does not exist": Case(
         missing_base_model, "experiments.llama3b.model.path: {tmp}/no-model does not exist"),
+    # a local path is never replaced by the Hub: only benchmarks_dir: hub reads the Hub
+    "benchmark folder that does not exist": Case(
+        missing_benchmarks, "benchmarks_dir: {tmp}/no-bench does not exist (set a folder of <benchmark>/test.jsonl, "
+                            "or hub to read the Hugging Face Hub)"),
     "benchmark folder missing one of the eight": Case(
         incomplete_benchmarks, "benchmarks_dir: {tmp}/bench has no gaokao2023en/test.jsonl"),
     "a model given twice (path and gguf)": Case(

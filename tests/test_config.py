@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -22,6 +23,7 @@ from sedsft.config import (
     deep_merge,
     experiment_settings,
     generate_settings,
+    is_local_path,
     load_config,
     load_experiment,
     parse_experiment,
@@ -345,11 +347,11 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
     raw = real_config()
     folder = tmp_path / "repo"
     (folder / "models" / "mine").mkdir(parents=True)
-    benchmarks = tmp_path / Path(raw["benchmarks_dir"]).relative_to("..")
+    benchmarks = folder / raw["benchmarks_dir"]
     for name in raw["defaults"]["eval"]["benchmarks"]:
         (benchmarks / name).mkdir(parents=True)
         (benchmarks / name / "test.jsonl").touch()
-    rl_source = tmp_path / Path(raw["defaults"]["data"]["rl"]["source"]).relative_to("..")
+    rl_source = folder / raw["defaults"]["data"]["rl"]["source"]
     rl_source.parent.mkdir(parents=True)
     rl_source.touch()
     raw["experiments"]["llama3b_local"] = {"extends": "llama3b", "model": {"path": "models/mine"}}
@@ -358,11 +360,10 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
 
     for name in ("llama3b", "llama3b_local"):
         exp = load_experiment(path, name)
-        # "../x" from the config's folder, whatever the working directory
-        assert Path(exp.benchmarks_dir) == tmp_path / Path(raw["benchmarks_dir"]).relative_to("..")
-        assert Path(exp.data.rl.source) == tmp_path / Path(raw["defaults"]["data"]["rl"]["source"]).relative_to("..")
-        assert Path(exp.data.rl.source).is_absolute()
-    # an existing local folder without a leading dot moves; a Hub id stays as written
+        # "data/x" from the config's folder, whatever the working directory
+        assert Path(exp.benchmarks_dir) == benchmarks
+        assert Path(exp.data.rl.source) == rl_source
+    # an existing local folder written like a Hub id moves; a Hub id stays as written
     assert load_experiment(path, "llama3b_local").model.path == str(folder / "models" / "mine")
     assert load_experiment(path, "llama3b").model.path == HUB_ID
     assert load_experiment(path, "llama3b").data.sft.source == "miromind-ai/MiroMind-M1-SFT-719K"
@@ -382,23 +383,51 @@ def test_special_and_absolute_paths_are_left_alone(tmp_path):
     assert tiny.data.sft.source == "tiny" and tiny.data.rl.source == "tiny"
 
 
-def test_a_missing_benchmarks_folder_falls_back_to_the_hub(tmp_path):
+@pytest.mark.parametrize("value, local", [
+    ("data/rl/prompts.parquet", True), ("prompts.jsonl", True), ("rows.json", True),  # a data file
+    ("./models/mine", True), ("../elsewhere/model", True), ("/abs/model", True),  # written as a path
+    ("results/x/model", True),  # more than one "/": no Hub id has that
+    (HUB_ID, False), ("miromind-ai/MiroMind-M1-SFT-719K", False), ("gsm8k", False),  # Hub ids
+])
+def test_a_local_path_is_told_from_a_hub_id_by_how_it_is_written(value, local):
+    assert is_local_path(value) is local
+
+
+@pytest.mark.parametrize("key, value", [
+    ("benchmarks_dir", "data/benchmarks"),  # the shipped default, in a tree that lacks it
+    ("data.rl.source", "data/rl/none.parquet"),  # no leading dot: once taken for a Hub id
+    ("data.sft.source", "./sft/none"),
+    ("model.path", "models/local/none"),
+])
+def test_a_missing_local_path_is_an_error_that_names_the_key_never_the_hub(tmp_path, key, value):
     raw = real_config()
+    folder = tmp_path / "repo"
+    (folder / raw["benchmarks_dir"]).mkdir(parents=True)  # complete: only `key` is missing
+    for name in raw["defaults"]["eval"]["benchmarks"]:
+        (folder / raw["benchmarks_dir"] / name).mkdir()
+        (folder / raw["benchmarks_dir"] / name / "test.jsonl").touch()
     raw["defaults"]["data"]["rl"]["source"] = "some-org/math-prompts"  # a Hub id: not checked offline
-    path = write_config(tmp_path / "repo", raw)  # no ../shared/benchmarks next to it
-    assert not (tmp_path / Path(raw["benchmarks_dir"]).relative_to("..")).exists()
-    assert load_experiment(path, "llama3b").benchmarks_dir == "hub"
-    # the data paths are not optional: a missing local one is an error at load time
-    raw["defaults"]["data"]["rl"]["source"] = "../shared/data/rl/none.parquet"
-    path = write_config(tmp_path / "repo", raw)
-    with pytest.raises(ConfigError, match=r"data\.rl\.source: .*none\.parquet does not exist"):
-        load_experiment(path, "llama3b")
+    if key == "benchmarks_dir":
+        raw[key] = value
+        shutil.rmtree(folder / raw["benchmarks_dir"])
+        expected = rf"^benchmarks_dir: {re.escape(str((folder / value).resolve()))} does not exist \(set a folder of .*, or hub"
+    else:
+        section_name, field = key.rsplit(".", 1)
+        node = raw["experiments"]["llama3b"]
+        for part in section_name.split("."):
+            node = node.setdefault(part, {})
+        node[field] = value
+        expected = rf"^experiments\.llama3b\.{re.escape(key)}: {re.escape(str((folder / value).resolve()))} does not exist$"
+    with pytest.raises(ConfigError, match=expected):
+        load_experiment(write_config(folder, raw), "llama3b")
 
 
-def test_the_repo_config_resolves_against_the_repo():
+def test_the_repo_config_reads_the_data_shipped_in_the_repo():
     exp = load_experiment(CONFIG, "llama3b")
-    local = (REPO / real_config()["benchmarks_dir"]).resolve()
-    assert exp.benchmarks_dir == (str(local) if local.is_dir() else "hub")
+    assert exp.benchmarks_dir == str(REPO / "data" / "benchmarks")
+    assert exp.data.rl.source == str(REPO / "data" / "rl" / "math_train_data_filtered_qwen25_revised.parquet")
+    smollm2 = load_experiment(CONFIG, "smollm2")
+    assert smollm2.data.sft.source == smollm2.data.rl.source == str(REPO / "data" / "sft" / "gsm8k_train.jsonl")
 
 
 # ------------------------------------------------------------------ consistency checks

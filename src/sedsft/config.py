@@ -325,6 +325,15 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     return raw
 
 
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")  # what sedsft.sources reads as a local file
+
+
+def is_local_path(value: str) -> bool:
+    """Written as a local path, not as a Hub id ("name" or "owner/name"): it starts with / or .,
+    has more than one /, or names a data file. Anything else is local only if it exists."""
+    return value.startswith(("/", ".")) or value.count("/") > 1 or value.endswith(DATA_FILE_SUFFIXES)
+
+
 def _resolve_paths(settings: dict, root: Path) -> dict:
     """Make relative local paths absolute against the config's folder, so that stages
     find them whatever the working directory (tests run the workflow elsewhere)."""
@@ -333,12 +342,12 @@ def _resolve_paths(settings: dict, root: Path) -> dict:
         if not isinstance(value, str) or value in ("hub", "tiny") or value.startswith("/"):
             return value
         candidate = (root / value).resolve()
-        # A Hub id ("org/name") never exists as a local path; only dotted/relative paths move.
-        return str(candidate) if value.startswith(".") or candidate.exists() else value
+        # a Hub id stays as written; a local path becomes absolute (checked by _check_local_paths)
+        return str(candidate) if is_local_path(value) or candidate.exists() else value
 
-    benchmarks_dir = fix(settings["benchmarks_dir"])
-    # the default local folder is optional: without it, benchmarks come from the Hub
-    settings["benchmarks_dir"] = benchmarks_dir if benchmarks_dir == "hub" or Path(benchmarks_dir).is_dir() else "hub"
+    # "hub" or a local folder: never a Hub id, so a missing folder is an error, not the Hub
+    if settings["benchmarks_dir"] != "hub":
+        settings["benchmarks_dir"] = str((root / settings["benchmarks_dir"]).resolve())
     if settings["model"].get("path"):
         settings["model"]["path"] = fix(settings["model"]["path"])
     gguf = settings["model"].get("gguf")
@@ -416,10 +425,14 @@ def _check_local_paths(exp: Experiment, where: str) -> None:
     gguf_source = exp.model.gguf.source if exp.model.gguf else None
     for key, value in (("model.path", exp.model.path), ("model.gguf.source", gguf_source),
                        ("data.sft.source", exp.data.sft.source),
-                       ("data.rl.source", exp.data.rl.source)):
+                       ("data.rl.source", exp.data.rl.source),
+                       ("diversity.embedding_model", exp.diversity.embedding_model)):
         if value and Path(value).is_absolute() and not Path(value).exists():
             raise ConfigError(f"{where}.{key}: {value} does not exist")
     if exp.benchmarks_dir != "hub":
+        if not Path(exp.benchmarks_dir).exists():
+            raise ConfigError(f"benchmarks_dir: {exp.benchmarks_dir} does not exist (set a folder of "
+                              f"<benchmark>/test.jsonl, or hub to read the Hugging Face Hub)")
         missing = [b for b in exp.eval.benchmarks if not (Path(exp.benchmarks_dir) / b / "test.jsonl").is_file()]
         if missing:
             raise ConfigError(f"benchmarks_dir: {exp.benchmarks_dir} has no {', '.join(f'{b}/test.jsonl' for b in missing)}")
