@@ -14,7 +14,7 @@ import yaml
 from sedsft import cli
 from sedsft.compare import compare, load_run, setting_differences, sft_curve
 from sedsft.config import ConfigError, check_comparisons, comparison_settings, experiment_settings, load_config
-from workflow_helpers import REPO, planned_jobs, planned_outputs, snakemake
+from workflow_helpers import REPO, snakemake
 
 BENCHES = ["aime24", "aime25", "amc23", "math500", "gsm8k", "olympiadbench", "college_math", "gaokao2023en"]
 SAMPLES = {"aime24": 2, "aime25": 2, "amc23": 2}
@@ -107,20 +107,54 @@ def write_artifacts(results, exp: str, seed: int) -> dict:
     return artifacts
 
 
-@pytest.fixture
-def fake(tmp_path):
-    results = tmp_path / "results"
+def make_fake(root):
+    results = root / "results"
     artifacts = {exp: write_artifacts(results, exp, seed) for seed, exp in enumerate(EXPERIMENTS)}
     settings = {exp: experiment_settings(yaml.safe_load(open(REPO / "config.yaml")), exp, REPO) for exp in EXPERIMENTS}
     return results, artifacts, settings
 
 
-def run_compare(results, settings=None, experiments=EXPERIMENTS):
+@pytest.fixture
+def fake(tmp_path):
+    """Fresh artifacts for a test that changes them."""
+    return make_fake(tmp_path)
+
+
+def run_compare(results, settings=None, experiments=EXPERIMENTS, plots=True):
     out = results.parent / "compare"
-    summary = compare("tiny", experiments, results, out / "tiny.md", pass_at_k_plot=out / "tiny_pass_at_k.png",
-                      diversity_plot=out / "tiny_diversity.png", training_plot=out / "tiny_training.png",
-                      settings=settings)
+    plot_paths = {"pass_at_k_plot": out / "tiny_pass_at_k.png", "diversity_plot": out / "tiny_diversity.png",
+                  "training_plot": out / "tiny_training.png"} if plots else {}
+    summary = compare("tiny", experiments, results, out / "tiny.md", settings=settings, **plot_paths)
     return summary, (out / "tiny.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """One comparison of the two experiments' artifacts, with settings and the three plots, read
+    by every test that only looks at it: (artifacts, settings, summary, markdown)."""
+    results, artifacts, settings = make_fake(tmp_path_factory.mktemp("compare"))
+    summary, markdown = run_compare(results, settings)
+    return artifacts, settings, summary, markdown
+
+
+@pytest.fixture(scope="module")
+def mismatched(tmp_path_factory):
+    """One comparison (no settings, no plots) of artifacts that disagree where a reader must be
+    told: tiny's RL run written by another code revision, tiny_ce's aime24 evaluated with 4
+    samples instead of 2, and tiny_ce's diversity measured with 4 samples per prompt instead of
+    8: (artifacts, summary, markdown)."""
+    results, artifacts, _ = make_fake(tmp_path_factory.mktemp("mismatched"))
+
+    def rewrite(exp, key, rel, change):
+        change(artifacts[exp][key])
+        (results / exp / rel).write_text(json.dumps(artifacts[exp][key]))
+
+    rewrite("tiny", "rl_train", "rl/train.json", lambda a: a["provenance"].update(git_revision="abcdef0123456789"))
+    rewrite("tiny_ce", "rl_eval", "rl_eval.json", lambda a: a["benchmarks"]["aime24"]["sampling"].update(n=4))
+    rewrite("tiny_ce", "diversity", "sft/diversity.json",
+            lambda a: a.update(pass_at_k={k: v for k, v in a["pass_at_k"].items() if int(k) <= 4}))
+    summary, markdown = run_compare(results, plots=False)
+    return artifacts, summary, markdown
 
 
 def section(markdown: str, title: str) -> str:
@@ -141,9 +175,8 @@ def header(markdown: str, first: str) -> list[str]:
 # ----------------------------------------------------------------------------- the Markdown
 
 
-def test_the_table_has_each_experiments_sft_and_rl_scores(fake):
-    results, artifacts, settings = fake
-    _, markdown = run_compare(results, settings)
+def test_the_table_has_each_experiments_sft_and_rl_scores(compared):
+    artifacts, _, _, markdown = compared
     assert header(markdown, "model") == BENCHES + ["avg (8)", "tiny"]  # the tiny task's own column, after avg
     for exp in EXPERIMENTS:
         for stage in ("sft", "rl"):
@@ -153,9 +186,8 @@ def test_the_table_has_each_experiments_sft_and_rl_scores(fake):
             assert table_row(markdown, f"{exp} {stage.upper()}") == want
 
 
-def test_delta_rows_are_recomputed_from_the_artifacts(fake):
-    results, artifacts, settings = fake
-    summary, markdown = run_compare(results, settings)
+def test_delta_rows_are_recomputed_from_the_artifacts(compared):
+    artifacts, _, summary, markdown = compared
 
     def scores(exp, stage):
         result = artifacts[exp][f"{stage}_eval"]
@@ -163,18 +195,17 @@ def test_delta_rows_are_recomputed_from_the_artifacts(fake):
                                                                          result["benchmarks"]["tiny"]["accuracy"]]
 
     for exp in EXPERIMENTS:  # RL − SFT within each experiment
-        want = [f"{rl - sft:+.2f}" for rl, sft in zip(scores(exp, "rl"), scores(exp, "sft"))]
+        want = [f"{rl - sft:+.2f}" for rl, sft in zip(scores(exp, "rl"), scores(exp, "sft"), strict=True)]
         assert table_row(markdown, f"Δ {exp}: RL − SFT") == want
     for stage in ("sft", "rl"):  # the first listed minus each other one: SED − CE
-        want = [f"{a - b:+.2f}" for a, b in zip(scores("tiny", stage), scores("tiny_ce", stage))]
+        want = [f"{a - b:+.2f}" for a, b in zip(scores("tiny", stage), scores("tiny_ce", stage), strict=True)]
         assert table_row(markdown, f"Δ {stage.upper()}: tiny − tiny_ce") == want
     assert summary["deltas"]["first_minus"]["tiny_ce"]["rl"]["average"] == pytest.approx(
         artifacts["tiny"]["rl_eval"]["average"] - artifacts["tiny_ce"]["rl_eval"]["average"])
 
 
-def test_the_diversity_table(fake):
-    results, artifacts, settings = fake
-    _, markdown = run_compare(results, settings)
+def test_the_diversity_table(compared):
+    artifacts, _, _, markdown = compared
     assert header(markdown, "SFT model") == ["distinct-1", "distinct-2", "distinct-3", "Self-BLEU", "100 − Self-BLEU",
                                              "semantic div.", "distinct answers", "token entropy (nats)", "pass@1",
                                              "pass@8"]
@@ -188,9 +219,29 @@ def test_the_diversity_table(fake):
     assert table_row(markdown, "Δ tiny − tiny_ce")[3] == f"{a['self_bleu'] - b['self_bleu']:+.2f}"
 
 
-def test_settings_differences_provenance_and_plot_links(fake):
-    results, _, settings = fake
-    summary, markdown = run_compare(results, settings)
+def test_the_training_summary_is_recomputed_from_the_logs(compared):
+    """Per experiment: the SFT loss, steps, last logged loss and mask rate (sft/metrics.jsonl),
+    the RL steps and the mean reward of the first and the last quarter of the RL steps."""
+    artifacts, _, summary, markdown = compared
+    table = section(markdown, "Training")
+    assert header(table, "experiment") == ["sft.loss", "SFT steps", "last SFT loss", "last mask rate", "RL steps",
+                                           "RL reward: first → last quarter"]
+    for exp in EXPERIMENTS:
+        sft_last = artifacts[exp]["sft_metrics"][-1]
+        rewards = [row["reward"] for row in artifacts[exp]["rl_train"]["log_history"] if "reward" in row]
+        assert len(rewards) == 8  # a quarter is two steps
+        want = {"sft_loss": "ce" if exp == "tiny_ce" else "sed", "sft_steps": 50, "sft_last_loss": sft_last["loss"],
+                "sft_last_mask_rate": sft_last["mask_rate"], "rl_steps": 8,
+                "rl_reward_first": (rewards[0] + rewards[1]) / 2, "rl_reward_last": (rewards[6] + rewards[7]) / 2}
+        assert summary["training"][exp] == pytest.approx(want)
+        assert table_row(table, exp) == [want["sft_loss"], "50", f"{sft_last['loss']:.4f}",
+                                         f"{sft_last['mask_rate']:.3f}", "8",
+                                         f"{want['rl_reward_first']:.3f} → {want['rl_reward_last']:.3f}"]
+    assert summary["training"]["tiny_ce"]["sft_last_mask_rate"] == 0.0  # CE masks nothing
+
+
+def test_settings_differences_provenance_and_plot_links(compared):
+    _, _, summary, markdown = compared
     # the CE twin differs from tiny in the loss only
     assert summary["setting_differences"] == {"tiny_ce": [{"key": "sft.loss", "value": "ce", "reference": "sed"}]}
     assert '- `tiny_ce`: `sft.loss` = `"ce"` (`tiny`: `"sed"`)' in markdown
@@ -199,11 +250,12 @@ def test_settings_differences_provenance_and_plot_links(fake):
         assert summary["provenance"][exp]["config_hash"] in line and "git revision `293f02b3a06c-dirty`" in line
     for plot in ("tiny_pass_at_k.png", "tiny_diversity.png", "tiny_training.png"):
         assert f"]({plot})" in markdown  # next to the Markdown file
+    assert "Warning" not in markdown  # the same evaluation sampling everywhere
 
 
-def test_the_plots_are_pngs(fake):
-    results, _, settings = fake
-    summary, _ = run_compare(results, settings)
+def test_the_plots_are_pngs(compared):
+    _, _, summary, _ = compared
+    assert set(summary["plots"]) == {"pass_at_k", "diversity", "training"}
     for path in summary["plots"].values():
         data = open(path, "rb").read()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR"
@@ -211,14 +263,30 @@ def test_the_plots_are_pngs(fake):
         assert width > 300 and height > 200
 
 
-def test_differing_code_revisions_are_flagged(fake):
-    results, artifacts, _ = fake
-    rl_train = artifacts["tiny"]["rl_train"]
-    rl_train["provenance"]["git_revision"] = "abcdef0123456789"
-    (results / "tiny" / "rl" / "train.json").write_text(json.dumps(rl_train))
-    summary, markdown = run_compare(results)  # no settings: no config hash, no differences
+def test_differing_code_revisions_are_flagged(mismatched):
+    _, summary, markdown = mismatched
     assert "git revisions `293f02b3a06c-dirty`" in markdown and "`abcdef012345` (rl/train.json)" in markdown
-    assert summary["setting_differences"] == {} and "config hash unknown" in markdown
+    assert summary["setting_differences"] == {} and "config hash unknown" in markdown  # no settings given
+
+
+def test_differing_evaluation_sampling_is_warned_about(mismatched):
+    _, summary, markdown = mismatched
+    assert summary["sampling"]["tiny"]["aime24"] == [2, 1.0, 1.0]
+    assert summary["sampling"]["tiny_ce"]["aime24"] == [4, 1.0, 1.0]
+    (warning,) = [line for line in markdown.splitlines() if line.startswith("**Warning:**")]
+    assert "evaluation sampling differs (n, temperature, top_p)" in warning
+    for exp in EXPERIMENTS:
+        assert f"`{exp}`: {json.dumps(summary['sampling'][exp])}" in warning
+
+
+def test_the_diversity_pass_at_n_column_when_n_differs(mismatched):
+    """8 samples per prompt for tiny, 4 for tiny_ce: the column is pass@N, each row its own N's."""
+    artifacts, summary, markdown = mismatched
+    table = section(markdown, "Diversity of the SFT models")
+    assert header(table, "SFT model")[-2:] == ["pass@1", "pass@N"]
+    assert (summary["diversity"]["tiny"]["N"], summary["diversity"]["tiny_ce"]["N"]) == (8, 4)
+    for exp, n in (("tiny", 8), ("tiny_ce", 4)):
+        assert table_row(table, exp)[-1] == f"{artifacts[exp]['diversity']['pass_at_k'][str(n)]:.3f}"
 
 
 def test_the_sft_curve_falls_back_to_the_log_history(fake):
@@ -278,19 +346,25 @@ def test_a_comparison_of_an_unknown_experiment_is_named():
 # ----------------------------------------------------------------------------- the DAG (dry runs)
 
 
-def test_the_tiny_comparison_plans_both_experiments(tmp_path):
-    result = snakemake(tmp_path, "-n", "results/compare/tiny.md")
-    jobs = planned_jobs(result.stdout)
+def test_the_tiny_comparison_plans_both_experiments():
+    from dry_run import shared_plan
+
+    plan = shared_plan()
+    jobs = plan.rules("results/compare/tiny.md")
     assert jobs["compare"] == 1 and jobs["diversity"] == 2 and jobs["eval_report"] == 4 and jobs["rl"] == 2
-    outputs = " ".join(planned_outputs(result.stdout))
+    outputs = plan.outputs("results/compare/tiny.md")
     for exp in EXPERIMENTS:
-        for artifact in ("sft_eval.json", "rl_eval.json", "sft/diversity.json"):
+        for artifact in ("sft_eval.json", "rl_eval.json", "sft/diversity.json", "sft/train.json", "rl/train.json"):
             assert f"results/{exp}/{artifact}" in outputs
     assert "results/compare/tiny_training.png" in outputs
+    compare_job = plan.job("results/compare/tiny.md")
+    assert {f"results/{exp}/sft/metrics.jsonl" for exp in EXPERIMENTS} <= set(compare_job.inputs)
 
 
-def test_the_llama3b_comparison_plans(tmp_path):
-    jobs = planned_jobs(snakemake(tmp_path, "-n", "results/compare/llama3b.md").stdout)
+def test_the_llama3b_comparison_plans():
+    from dry_run import shared_plan
+
+    jobs = shared_plan().rules("results/compare/llama3b.md")
     assert jobs["compare"] == 1 and jobs["sft"] == 2 and jobs["generate"] == 32
 
 

@@ -264,12 +264,15 @@ def test_diversity_config_errors_name_the_key():
         parse_experiment(experiment_settings(raw, "llama3b", REPO), "llama3b")
 
 
-def test_the_rule_plans_base_sft_and_rl_with_plots(tmp_path):
-    from workflow_helpers import planned_jobs, snakemake
+def test_the_rule_plans_base_sft_and_rl_with_plots():
+    from dry_run import shared_plan
 
-    result = snakemake(tmp_path, "-n", "-p", *(f"results/tiny/{stage}/diversity.json" for stage in ("base", "sft", "rl")))
-    assert planned_jobs(result.stdout)["diversity"] == 3
-    assert "--model results/tiny/base/model" in result.stdout
-    assert "--benchmarks results/tiny/data/bench/tiny.parquet results/tiny/data/bench/gsm8k.parquet" in result.stdout
+    plan = shared_plan()
+    targets = [f"results/tiny/{stage}/diversity.json" for stage in ("base", "sft", "rl")]
+    assert plan.rules(*targets)["diversity"] == 3
+    for stage in ("base", "sft", "rl"):
+        shell = plan.job(f"results/tiny/{stage}/diversity.json").shell
+        assert f"--model results/tiny/{stage}/model" in shell
+        assert "--benchmarks results/tiny/data/bench/tiny.parquet results/tiny/data/bench/gsm8k.parquet" in shell
     for output in ("diversity_per_prompt.jsonl", "diversity_pass_at_k.png", "diversity_metrics.png"):
-        assert f"results/tiny/rl/{output}" in result.stdout
+        assert f"results/tiny/rl/{output}" in plan.outputs(*targets)

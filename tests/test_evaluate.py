@@ -42,6 +42,52 @@ def test_maj_uses_math_equivalence_not_strings():
     assert benchmark_metrics(rows, equivalent=lambda a, b: a == b)["maj_at_n"] == 0.0  # first-seen "4"
 
 
+def test_benchmark_metrics_cut_every_problem_to_the_smallest_sample_count():
+    """A problem with more samples than another (a file written under other sampling, say) is
+    scored on its first n only, n the smallest count: every metric and count sees the same n."""
+    rows = [
+        {"id": "a", "correct": [True, False, True, True], "extracted": ["1", "2", "1", "1"],
+         "status": ["ok", "ok", "ok", "ok"]},
+        {"id": "b", "correct": [False, True], "extracted": [None, "5"], "status": ["no_box", "ok"]},
+        {"id": "c", "correct": [True, True, False], "extracted": ["7", "7", None],
+         "status": ["ok", "ok", "timeout"]},
+    ]
+    m = benchmark_metrics(rows, equivalent=lambda x, y: x == y)
+    assert m["n_samples"] == 2 and m["n_problems"] == 3
+    assert m["accuracy"] == pytest.approx(100 * (1 / 2 + 1 / 2 + 1) / 3)  # not a's 3/4, nor c's 2/3
+    assert set(m["pass_at_k"]) == {"1", "2"}
+    assert m["pass_at_k"]["2"] == pytest.approx(100.0)  # every problem has a right one in its first two
+    assert m["pass_at_k"]["1"] == pytest.approx(m["accuracy"])
+    # maj@2: a's "1" vs "2" tie, the first ("1", right) wins; b's only answer "5" is right; c's "7"
+    assert m["maj_at_n"] == pytest.approx(100.0)
+    # the cut-off samples' statuses are not counted (c's timeout is its third sample)
+    assert (m["no_box"], m["timeouts"], m["unparsable"]) == (1, 0, 0)
+    per_problem = [0.5, 0.5, 1.0]
+    assert m["stderr"] == pytest.approx(100 * math.sqrt(sum((p - 2 / 3) ** 2 for p in per_problem) / 2) / math.sqrt(3))
+
+
+def test_markdown_table_with_the_sft_baseline_row():
+    """The RL report puts the SFT model's scores above its own (`--baseline`), a benchmark one
+    of them lacks shown as "-", and the detail table below holds the RL model's numbers only."""
+    def result(accuracies, average):
+        return {"benchmarks": {name: {"accuracy": acc, "n_problems": 4, "n_samples": 2, "stderr": 1.25,
+                                      "pass_at_k": {"1": acc, "2": acc + 10}, "maj_at_n": acc - 5, "no_box": 1}
+                               for name, acc in accuracies.items()},
+                "average": average, "average_over": [n for n in accuracies if n != "tiny"]}
+
+    rl = result({"gsm8k": 37.5, "math500": 12.25, "tiny": 80.0}, 24.875)
+    sft = result({"gsm8k": 25.0, "tiny": 60.0}, 25.0)
+    lines = markdown_table(rl, "rl", baseline=sft).splitlines()
+    assert lines[:4] == ["| model | gsm8k | math500 | tiny | avg (2) |", "|---|---|---|---|---|",
+                         "| sft | 25.00 | - | 60.00 | 25.00 |", "| rl | 37.50 | 12.25 | 80.00 | 24.88 |"]
+    detail = lines[lines.index("| benchmark | problems | samples | acc | ± se | pass@n | maj@n | no box |") + 2:]
+    assert detail == ["| gsm8k | 4 | 2 | 37.50 | 1.25 | 47.50 | 32.50 | 1 |",
+                      "| math500 | 4 | 2 | 12.25 | 1.25 | 22.25 | 7.25 | 1 |",
+                      "| tiny | 4 | 2 | 80.00 | 1.25 | 90.00 | 75.00 | 1 |"]
+    assert "| sft |" not in markdown_table(rl, "rl")  # no baseline, no row
+    assert markdown_table({**sft, "average": None}, "sft").splitlines()[2] == "| sft | 25.00 | 60.00 | - |"
+
+
 def _write_bench(path, rows):
     pd.DataFrame(rows, columns=["id", "problem", "answer"]).to_parquet(path, index=False)
 
@@ -67,28 +113,41 @@ def test_grade_file_and_summary(tmp_path):
     assert "| gsm8k | 2 | 2 | 50.00 |" in markdown_table(result, "sft")
 
 
-def test_hostile_generations_are_graded_and_reported_in_bounded_time(tmp_path):
+def test_hostile_generations_are_graded_and_reported_in_bounded_time(tmp_path, monkeypatch):
     """The cases of test_grading.HOSTILE_OUTPUTS as one problem's samples in a generations file
     (plus raw non-UTF-8 bytes in the file itself): each graded 0, or 1 where the last box is
-    right, and the report (maj@n compares the extracted answers) still comes out."""
+    right, and the report (maj@n compares the extracted answers) still comes out, its failure
+    counts those of the graded file. The pool grades the set once for the session
+    (test_grading.hostile_graded_once); here grade_file hands every sample to its grader with
+    its problem's gold and writes the grades back per problem, in order."""
     import time
 
-    from test_grading import HOSTILE_OUTPUTS
+    import sedsft.grading
+    from test_grading import HOSTILE_COMPLETIONS, HOSTILE_LABELS, GradedOnce
 
     _write_bench(tmp_path / "b.parquet", [{"id": "1", "problem": "x", "answer": "42"},
                                           {"id": "2", "problem": "y", "answer": "42"}])
-    texts = [text for text, _ in HOSTILE_OUTPUTS.values()]
+    texts = HOSTILE_COMPLETIONS[:-1]
     with open(tmp_path / "b.jsonl", "wb") as fh:
         fh.write(json.dumps({"id": "1", "completions": texts}).encode() + b"\n")
         fh.write(b'{"id": "2", "completions": ["\xff\xfe \\\\boxed{42}"]}\n')  # not UTF-8
+    monkeypatch.setattr(sedsft.grading, "Grader", GradedOnce)
+    GradedOnce.asked.clear()
     started = time.perf_counter()
     grade_file(str(tmp_path / "b.jsonl"), str(tmp_path / "b.parquet"), str(tmp_path / "b.graded.jsonl"),
                workers=2, timeout_s=1)
+    assert GradedOnce.asked == [(texts + ["\ufffd\ufffd \\boxed{42}"], ["42"] * (len(texts) + 1), 1)]
     graded = [json.loads(line) for line in open(tmp_path / "b.graded.jsonl")]
-    assert graded[0]["correct"] == [right for _, right in HOSTILE_OUTPUTS.values()]
-    assert graded[1]["correct"] == [True]
+    assert graded[0]["correct"] == HOSTILE_LABELS[:-1]
+    assert graded[1] == {"id": "2", "answer": "42", "correct": [True], "extracted": ["42"], "status": ["ok"]}
     metrics = benchmark_metrics(graded[:1])
-    assert metrics["accuracy"] == pytest.approx(100 * 4 / len(texts)) and metrics["timeouts"] == 1
+    assert metrics["accuracy"] == pytest.approx(100 * sum(HOSTILE_LABELS[:-1]) / len(texts))
+    statuses = graded[0]["status"]
+    assert metrics["no_box"] == statuses.count("no_box") == 3  # no box, "The answer is 42.", 200k unclosed
+    assert metrics["timeouts"] == statuses.count("timeout")  # as many as this machine's speed gave
+    assert metrics["unparsable"] == statuses.count("unparsable") + statuses.count("error")
+    assert metrics["no_box"] + metrics["unparsable"] + metrics["timeouts"] + statuses.count("ok") == len(texts)
+    assert metrics["maj_at_n"] == 100.0  # the four right samples' "42" is the largest answer class
     assert time.perf_counter() - started < 60
 
 

@@ -20,7 +20,7 @@ from packaging.utils import canonicalize_name
 
 from sedsft.config import load_experiment
 from sedsft.launch import command_prefix
-from workflow_helpers import REPO, planned_jobs, snakemake
+from workflow_helpers import REPO, snakemake
 
 GPU_CHECK = REPO / "scripts" / "gpu_check.sh"
 DOWNLOAD = REPO / "scripts" / "download_gpu_wheels.sh"
@@ -152,12 +152,15 @@ def test_tiny_gpu_experiment_parses():
     assert command_prefix(exp.sft.num_processes, exp.sft.deepspeed).startswith("torchrun --standalone --nproc_per_node 1")
 
 
-def test_tiny_gpu_plans_the_whole_dag_with_deepspeed(tmp_path):
-    result = snakemake(tmp_path, "-n", "-p", "results/tiny_gpu/rl_eval.json")
-    jobs = planned_jobs(result.stdout)
+def test_tiny_gpu_plans_the_whole_dag_with_deepspeed():
+    from dry_run import shared_plan
+
+    plan = shared_plan()
+    jobs = plan.rules("results/tiny_gpu/rl_eval.json")
     assert {"tiny_task", "base_model", "sft", "rl", "generate", "grade", "eval_report"} <= set(jobs)
-    assert "torchrun --standalone --nproc_per_node 1 -m sedsft.cli sft --experiment tiny_gpu" in result.stdout
-    assert '"deepspeed": "zero2"' in result.stdout
+    sft = plan.job("results/tiny_gpu/sft/model").shell
+    assert "torchrun --standalone --nproc_per_node 1 -m sedsft.cli sft --experiment tiny_gpu" in sft
+    assert '"deepspeed": "zero2"' in sft
 
 
 def test_the_vllm_overlay_of_gpu_check_is_a_valid_config(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import subprocess
@@ -199,14 +200,65 @@ HOSTILE_OUTPUTS = {
 }
 
 
-def test_hostile_outputs_through_the_pool_get_the_right_grade_in_bounded_time():
-    completions = [c for c, _ in HOSTILE_OUTPUTS.values()] + [b"\\boxed{42}\xff\xfe"]  # raw non-UTF-8 bytes
+# with raw non-UTF-8 bytes, as a completion can arrive from another tool
+HOSTILE_COMPLETIONS = [text for text, _ in HOSTILE_OUTPUTS.values()] + [b"\\boxed{42}\xff\xfe"]
+HOSTILE_LABELS = [right for _, right in HOSTILE_OUTPUTS.values()] + [True]
+
+
+@functools.cache
+def hostile_graded_once() -> tuple[list[Grade], float, list[Grade]]:
+    """HOSTILE_COMPLETIONS against "42" through a real pool (2 workers, 1 s per item), once per
+    session: (their grades, the seconds it took, the grades of the batch after it). The RL reward
+    (test_rl.py) and the eval path (test_evaluate.py) check their own layer on these grades
+    through GradedOnce instead of grading the set again."""
     with Grader(workers=2, timeout_s=1.0) as grader:
         started = time.perf_counter()
-        grades = grader.grade(completions, ["42"] * len(completions))
-        assert time.perf_counter() - started < 30
-        assert [g.correct for g in grades] == [right for _, right in HOSTILE_OUTPUTS.values()] + [True]
-        assert grader.grade(["\\boxed{42}"], ["42"])[0].correct  # and it goes on
+        grades = grader.grade(HOSTILE_COMPLETIONS, ["42"] * len(HOSTILE_COMPLETIONS))
+        seconds = time.perf_counter() - started
+        after = grader.grade(["\\boxed{42}", "\\boxed{41}"], ["42", "42"])
+    return grades, seconds, after
+
+
+class GradedOnce:
+    """A stand-in for sedsft.grading.Grader (monkeypatch it in): a hostile completion against
+    "42" gets the grade the one real pool run gave it (hostile_graded_once), anything else is
+    graded in-process by grade_answer. `asked` records each grade() call's inputs."""
+
+    asked: list[tuple[list[str], list[str], float]] = []
+
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0, **_):
+        self.timeout_s = timeout_s
+
+    def grade(self, completions, golds) -> list[Grade]:
+        from sedsft.grading import _as_text
+
+        completions, golds = [_as_text(c) for c in completions], [_as_text(g) for g in golds]
+        GradedOnce.asked.append((completions, golds, self.timeout_s))
+        known = {(_as_text(c), "42"): g for c, g in zip(HOSTILE_COMPLETIONS, hostile_graded_once()[0])}
+        return [known.get((c, g)) or grade_answer(c, g, self.timeout_s) for c, g in zip(completions, golds)]
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def test_hostile_outputs_through_the_pool_get_the_right_grade_in_bounded_time():
+    grades, seconds, after = hostile_graded_once()
+    assert seconds < 30
+    assert [g.correct for g in grades] == HOSTILE_LABELS
+    # a wrong answer is never "ok" by accident of a crash: each status says why it scored 0
+    for (name, (text, right)), grade in zip(HOSTILE_OUTPUTS.items(), grades):
+        if right:
+            assert grade.status == "ok" and grade.extracted == "42", name
+        else:
+            assert grade.status in ("ok", "no_box", "unparsable", "timeout", "error"), name
+            assert (grade.status == "no_box") == (extract_boxed(text) is None), name
+    assert [(g.correct, g.status) for g in after] == [(True, "ok"), (False, "ok")]  # and it goes on
 
 
 def test_hostile_in_process_bounded():
@@ -218,7 +270,42 @@ def test_hostile_in_process_bounded():
         assert g.status in ("no_box", "unparsable", "timeout", "ok", "error")
         assert dt < 3.0, (h[:40], dt)
     assert grade_answer(HOSTILE[0], "1").status == "unparsable"
-    assert grade_answer(HOSTILE[6], "1", timeout_s=0.5).status == "timeout"
+    # slow to parse: a timeout where parsing takes longer than 0.5 s, else math-verify gives up on
+    # it (a fast machine): either way wrong, in bounded time (the timeout itself: the next test)
+    started = time.perf_counter()
+    assert grade_answer(HOSTILE[6], "1", timeout_s=0.5).status in ("timeout", "unparsable")
+    assert time.perf_counter() - started < 3.0
+
+
+def test_the_in_process_timeout_fires_and_is_remembered(monkeypatch):
+    """A comparison that would take 30 s is cut at timeout_s (status "timeout", the extracted
+    answer kept), on any machine; the same pair again is answered from the timeout cache at once;
+    an earlier timer of the caller's survives."""
+    import sedsft.grading as grading
+
+    calls = []
+
+    def slow(pred, gold):
+        calls.append((pred, gold))
+        time.sleep(30)
+        return True, "ok"
+
+    monkeypatch.setattr(grading, "_compare", slow)
+    monkeypatch.setattr(grading, "_TIMEOUT_CACHE", grading.collections.OrderedDict())
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
+    signal.setitimer(signal.ITIMER_REAL, 5.0)  # the caller's own timer, re-armed afterwards
+    try:
+        started = time.perf_counter()
+        assert grade_answer("so \\boxed{17}", "17", timeout_s=0.3) == Grade(False, "17", "timeout")
+        assert 0.25 < time.perf_counter() - started < 3.0
+        started = time.perf_counter()
+        assert grade_answer("\\boxed{17}", "17", timeout_s=0.3) == Grade(False, "17", "timeout")
+        assert time.perf_counter() - started < 0.1 and len(calls) == 1  # cached: not run again
+        assert 4.0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 5.0 and not fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_non_str_inputs_do_not_crash():
@@ -269,7 +356,8 @@ def test_grader_hostile(grader):
     out = grader.grade(comps, ["25"] * len(comps))
     assert time.perf_counter() - t0 < 20
     assert [g.correct for g in out] == [False] * len(HOSTILE) + [True]
-    assert out[6].status == "timeout"
+    assert out[6].status in ("timeout", "unparsable")  # slow to parse: see test_hostile_in_process_bounded
+    assert out[-1] == Grade(True, "25", "ok")
 
 
 def test_grader_timeout_kills_and_continues():
@@ -303,11 +391,12 @@ def test_grade_many_one_shot():
     assert [g.correct for g in out] == [True, False, True]
 
 
-def _typical_batch(n: int, seed: int = 0):
+def typical_batch(n: int, seed: int = 0) -> tuple[list[str], list[str], list[bool]]:
     """GSM8K/MATH/AIME-like answers, ~half correct, mostly in a different form than the gold
-    so that most items really go through math-verify (not the string fast path)."""
+    so that most items really go through math-verify (not the string fast path): completions,
+    golds, and whether each is right. (benchmarks/grading_benchmark.py times these.)"""
     rng = random.Random(seed)
-    comps, golds = [], []
+    comps, golds, labels = [], [], []
     filler = "Let's think step by step. " * 40
     for i in range(n):
         a, b = rng.randint(1, 999), rng.randint(2, 999)
@@ -322,24 +411,22 @@ def _typical_batch(n: int, seed: int = 0):
         elif kind == 3:  # radicals, reordered
             gold, pred = f"{a}\\sqrt{{{b}}}", (f"\\sqrt{{{b}}} \\cdot {a}" if ok else f"{a}\\sqrt{{{b + 1}}}")
         else:  # exact match of a plain number
-            gold, pred = str(a), (str(a) if ok else str(b))
+            gold, pred = str(a), (str(a) if ok else str(a + b))
         comps.append(f"{filler} so the result is $\\boxed{{{pred}}}$.")
         golds.append(gold)
-    return comps, golds
+        labels.append(ok)
+    return comps, golds, labels
 
 
-def test_throughput(grader):
-    grader.grade(*_typical_batch(40, seed=1))  # workers warm
-    comps, golds = _typical_batch(1500, seed=2)
-    t0 = time.perf_counter()
+def test_a_typical_batch_gets_every_label_right(grader):
+    """Each of 500 answers in the forms models write (decimal for a fraction, thousands commas,
+    leading zeros, reordered radicals) graded as its label says; how fast: the benchmark."""
+    comps, golds, labels = typical_batch(500, seed=2)
     out = grader.grade(comps, golds)
-    dt = time.perf_counter() - t0
-    rate = len(comps) / dt
-    print(f"\n[grading throughput] {len(comps)} answers in {dt:.2f}s: {rate:.0f} answers/s (2 workers)")
-    assert all(g.status == "ok" for g in out)
-    n_ok = sum(g.correct for g in out)
-    assert 0.35 * len(out) <= n_ok <= 0.65 * len(out)
-    assert rate >= 50
+    assert [g.status for g in out] == ["ok"] * len(comps)
+    wrong = [(golds[i], out[i].extracted, labels[i]) for i in range(len(comps)) if out[i].correct != labels[i]]
+    assert not wrong, wrong[:10]
+    assert 0.35 * len(out) <= sum(labels) <= 0.65 * len(out)  # both outcomes well represented
 
 
 def test_unguarded_main_script(tmp_path):

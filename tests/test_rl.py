@@ -68,25 +68,26 @@ def test_rewards():
     assert exact_match_reward(None, completions, answers) == [1.0, -1.0, -1.0, -1.0, -1.0]
 
 
-def test_rewards_of_hostile_outputs_are_right_and_bounded():
+def test_rewards_of_hostile_outputs_are_right_and_bounded(monkeypatch):
     """Huge, deeply nested, box-less, many-boxed and surrogate-laden completions (the cases of
-    test_grading.HOSTILE_OUTPUTS) score 0, or 1 where the last box is right, in bounded time, and
-    the reward keeps working for the next batch."""
-    from test_grading import HOSTILE_OUTPUTS
+    test_grading.HOSTILE_OUTPUTS) score 0, or 1 where the last box is right. The pool grades
+    them once for the session (test_grading.hostile_graded_once: bounded time, the pool goes on
+    after a timeout); here the reward hands each completion's text and its gold to its grader
+    and turns the grades into rewards in order."""
+    import sedsft.grading
+    from test_grading import HOSTILE_COMPLETIONS, HOSTILE_LABELS, GradedOnce
 
-    texts = [text for text, _ in HOSTILE_OUTPUTS.values()]
+    texts = HOSTILE_COMPLETIONS[:-1]  # str completions, as TRL passes them
     completions = [[{"role": "assistant", "content": t}] for t in texts]
+    monkeypatch.setattr(sedsft.grading, "Grader", GradedOnce)
+    GradedOnce.asked.clear()
     reward = MathVerifyReward(workers=2, timeout_s=1)
-    try:
-        started = time.perf_counter()
-        assert reward(None, completions, ["42"] * len(texts)) == [float(r) for _, r in HOSTILE_OUTPUTS.values()]
-        assert time.perf_counter() - started < 30
-        assert reward(None, [[{"role": "assistant", "content": "\\boxed{42}"}]], ["42"]) == [1.0]
-    finally:
-        reward.grader.close()
+    assert reward(None, completions, ["42"] * len(texts)) == [float(r) for r in HOSTILE_LABELS[:-1]]
+    assert GradedOnce.asked == [(texts, ["42"] * len(texts), 1)]
+    assert reward(None, [[{"role": "assistant", "content": "\\boxed{42}"}]], ["42"]) == [1.0]
     started = time.perf_counter()
     # the released code's reward: +1 where the last box is the string "42" (here: where it is right)
-    expected = [1.0 if right else -1.0 for _, right in HOSTILE_OUTPUTS.values()]
+    expected = [1.0 if right else -1.0 for right in HOSTILE_LABELS[:-1]]
     assert exact_match_reward(None, completions, ["42"] * len(texts)) == expected
     assert time.perf_counter() - started < 5
 
