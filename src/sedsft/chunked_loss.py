@@ -321,20 +321,30 @@ def _unsupported_logits(config) -> str | None:
     return None
 
 
-def _decoder(model: nn.Module) -> nn.Module:
-    """The module that returns last_hidden_state: `get_decoder()` (LlamaForCausalLM -> its
-    LlamaModel in transformers 5.17), else `model.model`."""
-    dec = model.get_decoder() if hasattr(model, "get_decoder") else None
-    if dec is None or dec is model:
-        dec = getattr(model, "model", None)
-    if dec is None or dec is model:
-        raise ValueError(f"cannot find the decoder (base model) of {type(model).__name__}")
-    return dec
+def final_hidden_states(forward: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+                        ) -> torch.Tensor:
+    """The last hidden state [B, T, H] (after the final norm) from a causal LM's own forward.
+
+    `forward` is the model as the trainer holds it (a DeepSpeedEngine, say), so that the wrapper's
+    forward runs: DeepSpeedEngine.forward clears ZeRO's backward-seen flag and registers its
+    backward hooks on the outputs (deepspeed 0.19.8 runtime/engine.py `forward`); without it ZeRO-3
+    overwrites instead of accumulating the gradients of the micro-batches of one step, and skips
+    its parameter prefetch. `logits_to_keep` as an empty index tensor makes the head compute no
+    logits (transformers 5.17 LlamaForCausalLM.forward: `hidden_states[:, slice_indices, :]`), and
+    `hidden_states[-1]` is `last_hidden_state` (transformers 5.17 utils/output_capturing.py,
+    `capture_outputs`, tie_last_hidden_states)."""
+    nothing = torch.empty(0, dtype=torch.long, device=input_ids.device)
+    outputs = forward(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                      logits_to_keep=nothing, use_cache=False)
+    if outputs.logits.shape[1] != 0:
+        raise ValueError("the model ignored logits_to_keep and computed the full logits; "
+                         "use loss_impl: reference")
+    return outputs.hidden_states[-1]
 
 
 def lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
             labels: torch.Tensor, settings: LossSettings, num_items_in_batch=None,
-            impl: str = "fused", chunk_size: int = 1024, **decoder_kwargs
+            impl: str = "fused", chunk_size: int = 1024, forward: Callable | None = None
             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of a Hugging Face causal LM on a batch, equal to
     `losses.causal_lm_loss(model(input_ids, attention_mask).logits, labels, settings, n)` but
@@ -342,7 +352,9 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     predicts labels[t + 1]). The denominator is num_items_in_batch when given (gradient
     accumulation: label tokens of the whole accumulated batch) else this batch's label tokens.
     impl "fused" reads the lm_head weight directly; "checkpointed" calls the lm_head module (use
-    it when the weight is partitioned, e.g. DeepSpeed ZeRO-3, or the head is wrapped/adapted)."""
+    it when the weight is partitioned, e.g. DeepSpeed ZeRO-3, or the head is wrapped/adapted).
+    forward: what runs the model's forward (the trainer's wrapped model, e.g. a DeepSpeedEngine;
+    see `final_hidden_states`); default the model itself."""
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
     check_settings(settings)
@@ -363,8 +375,7 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
         if weight is None or weight.dim() != 2 or weight.numel() == 0 or hasattr(weight, "ds_id"):
             raise ValueError("impl 'fused' needs the full lm_head weight; it is partitioned "
                              "(DeepSpeed ZeRO-3?): use impl='checkpointed'")
-    decoder_kwargs.setdefault("use_cache", False)
-    hidden = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, **decoder_kwargs).last_hidden_state
+    hidden = final_hidden_states(forward or model, input_ids, attention_mask)  # [B, T, H]
     hidden = hidden[:, :-1, :].reshape(-1, hidden.size(-1))  # [B*(T-1), H]
     targets = labels[:, 1:].reshape(-1).to(hidden.device)  # [B*(T-1)]
     denominator = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()

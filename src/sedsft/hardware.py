@@ -21,6 +21,30 @@ def use_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def trainable_dtype(deepspeed: str | None):
+    """The dtype to load weights that will be trained in.
+
+    bf16 only where DeepSpeed is on and bf16 too: its bf16 modes keep fp32 master weights in the
+    optimizer (ZeRO-2/3 fp32 partitions, BF16_Optimizer at stage 0) and cast the module itself.
+    Everywhere else fp32: the HF Trainer keeps no master copy, and AdamW on bf16 weights drops any
+    update below half a bf16 ulp (at lr 1e-6 most of them); `TrainingArguments(bf16=True)` then
+    computes in bf16 through autocast while the weights and the optimizer stay fp32."""
+    import torch
+
+    return torch.bfloat16 if use_bf16() and deepspeed else torch.float32
+
+
+def start_deepspeed_on_cpu(deepspeed: str | None) -> None:
+    """DeepSpeed on CPU ranks (gloo): bring up DeepSpeed's own process group before the Trainer
+    does. On CPU the Trainer's accelerate state starts plain torch.distributed, which DeepSpeed's
+    comm does not see: ZeRO-3's zero.Init inside from_pretrained then builds its config with a
+    world size of 1 and fails its batch-size check, and TRL's DeepSpeed set-up stops likewise."""
+    if deepspeed and not has_cuda():
+        import deepspeed as ds
+
+        ds.init_distributed(dist_backend="gloo")
+
+
 def rank() -> int:
     """This process's global rank under torchrun/deepspeed (0 when not distributed)."""
     import os

@@ -7,7 +7,8 @@ import logging
 import os
 
 from sedsft.config import ConfigError, RLConfig
-from sedsft.hardware import has_cuda, rank, require_precision, require_vllm, use_bf16
+from sedsft.hardware import (has_cuda, rank, require_precision, require_vllm, start_deepspeed_on_cpu,
+                             trainable_dtype, use_bf16)
 from sedsft.launch import deepspeed_config, save_final_model
 from sedsft.resume import fingerprint, is_final, resume_point, save_checkpoint_as_final, stamp, trainer_state
 from sedsft.sources import DataError
@@ -109,18 +110,13 @@ def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: 
     reached its last step is saved without training."""
     import datasets
     import pandas as pd
-    import torch
     from transformers import AutoModelForCausalLM
     from trl import GRPOTrainer
 
     from sedsft.chat import load_tokenizer
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.deepspeed and not has_cuda():
-        import deepspeed
-
-        # TRL under ZeRO on CPU ranks: DeepSpeed must bring up gloo before the Trainer does
-        deepspeed.init_distributed(dist_backend="gloo")
+    start_deepspeed_on_cpu(cfg.deepspeed)
     args = grpo_config(cfg, seed, work_dir, world_size)  # refuses GPU-only settings before any loading
     tokenizer = load_tokenizer(sft_model, trust_remote_code)
     tokenizer.padding_side = "left"
@@ -142,8 +138,10 @@ def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: 
         return {**summary, "global_step": state["global_step"], "log_history": state["log_history"]}
     if resume:
         log.info("resuming from %s", resume)
+    # fp32 master weights unless DeepSpeed holds them (hardware.trainable_dtype): at the RL learning
+    # rate, AdamW on bf16 weights would leave almost all of them unchanged
     model = AutoModelForCausalLM.from_pretrained(
-        sft_model, dtype=torch.bfloat16 if use_bf16() else torch.float32, trust_remote_code=trust_remote_code)
+        sft_model, dtype=trainable_dtype(cfg.deepspeed), trust_remote_code=trust_remote_code)
     reward = MathVerifyReward(workers=grading_workers) if cfg.reward == "math_verify" else exact_match_reward
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
                           train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)

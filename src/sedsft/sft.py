@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from sedsft.config import ModelConfig, SFTConfig
-from sedsft.hardware import has_cuda, rank, require_precision, use_bf16
+from sedsft.hardware import has_cuda, rank, require_precision, start_deepspeed_on_cpu, trainable_dtype, use_bf16
 from sedsft.launch import deepspeed_config, save_final_model, zero_stage
 from sedsft.losses import LossSettings, causal_lm_loss
 from sedsft.resume import fingerprint, is_final, resume_point, save_checkpoint_as_final, stamp, trainer_state
@@ -108,11 +108,12 @@ def make_trainer_class():
                 from sedsft.chunked_loss import lm_loss
 
                 outputs = None
-                # the HF model itself (DeepSpeed reduces gradients through parameter hooks, so the
-                # engine's forward is not needed; plain DDP is refused in the config for this reason)
-                loss, stats = lm_loss(self.accelerator.unwrap_model(model), inputs["input_ids"], inputs.get("attention_mask"), labels,
-                                      self.loss_settings, num_items_in_batch, impl=self.loss_impl,
-                                      chunk_size=self.chunk_size)
+                # the forward runs through `model` as the Trainer wrapped it (a DeepSpeedEngine:
+                # its forward starts ZeRO's accumulation bookkeeping, see chunked_loss.
+                # final_hidden_states); the head's weight is read from the unwrapped model
+                loss, stats = lm_loss(self.accelerator.unwrap_model(model), inputs["input_ids"],
+                                      inputs.get("attention_mask"), labels, self.loss_settings, num_items_in_batch,
+                                      impl=self.loss_impl, chunk_size=self.chunk_size, forward=model)
             if model.training:
                 self.window.add(stats)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -135,7 +136,6 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
     """Fine-tune and save to out_dir atomically. A re-run after a kill resumes from the newest
     complete checkpoint in work_dir that the same settings and inputs wrote (bit-identical to an
     uninterrupted run on CPU); one that had reached its last step is saved without training."""
-    import torch
     from transformers import AutoModelForCausalLM, TrainingArguments
 
     from sedsft.chat import load_tokenizer
@@ -149,6 +149,7 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
                            trust_remote_code=model_cfg.trust_remote_code,
                            inputs={"base_model": stamp(base_model), "train": stamp(train_file)})
     resume = resume_point(work_dir, expected, is_main=rank() == 0)
+    partitioned_at_load = None  # ZeRO-3: whether from_pretrained sharded the weights (zero.Init)
     if resume and is_final(resume):
         log.info("%s is the run's last step: saving it as the model without training", resume)
         if rank() == 0:
@@ -159,10 +160,11 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
     else:
         if resume:
             log.info("resuming from %s", resume)
-        # ---- model and trainer
-        dtype = torch.bfloat16 if use_bf16() else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype,
-                                                     trust_remote_code=model_cfg.trust_remote_code)
+        start_deepspeed_on_cpu(cfg.deepspeed)
+        # ---- arguments first: with ZeRO-3 they register the DeepSpeed config, so that
+        # from_pretrained partitions the weights as it loads them (zero.Init) instead of every rank
+        # holding the whole model in host RAM (transformers 5.17 training_args.py: __post_init__
+        # builds HfTrainerDeepSpeedConfig; modeling_utils.py: is_deepspeed_zero3_enabled())
         args = TrainingArguments(
             deepspeed=deepspeed_config(cfg.deepspeed),
             max_grad_norm=cfg.max_grad_norm,
@@ -179,7 +181,7 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
             logging_steps=cfg.logging_steps,
             save_steps=cfg.save_steps,
             save_total_limit=2,
-            bf16=use_bf16(),
+            bf16=use_bf16(),  # bf16 autocast (and DeepSpeed's bf16 mode) on GPUs that support it
             use_cpu=not has_cuda(),
             seed=seed,
             data_seed=seed,
@@ -187,6 +189,10 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
             remove_unused_columns=False,
             disable_tqdm=True,
         )
+        # ---- model and trainer
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=trainable_dtype(cfg.deepspeed),
+                                                     trust_remote_code=model_cfg.trust_remote_code)
+        partitioned_at_load = hasattr(next(model.parameters()), "ds_id")
         trainer = make_trainer_class()(
             model=model, args=args, train_dataset=load_sequences(train_file),
             data_collator=pad_collator(tokenizer.pad_token_id), loss_settings=settings, loss_impl=impl,
@@ -202,6 +208,7 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
         "world_size": world_size,
         "deepspeed": cfg.deepspeed,
         "loss_impl": impl,
+        "partitioned_at_load": partitioned_at_load,
         "resumed_from": resume,
         "global_step": global_step,
         "train_loss": mean_train_loss(history),
