@@ -238,44 +238,130 @@ def test_launch_rewrites_standalone_for_one_node_of_several():
         "node-a:29500", "--rdzv_id", "77", "--nproc_per_node", "8", "-m", "sedsft.cli", "sft", "--x", "1"]
 
 
-def launch(tmp_path, env: dict) -> list[list[str]]:
-    """Run `python -m sedsft.launch torchrun ...` with fake torchrun/srun/scontrol; the torchrun calls."""
+# A 2-node job as the Slurm controller knows it; the fake commands below answer from it, not from
+# the environment (which the jobstep executor strips)
+JOB = {"id": "42", "nodelist": "gpu[07-08]", "hosts": ["gpu07", "gpu08"], "cpus": 64, "gpus": 16}
+FAKE_LAUNCH = {
+    "torchrun": "import json, os, sys\nopen(os.environ['RECORD'] + '/torchrun.jsonl', 'a').write("
+                "json.dumps({'argv': sys.argv[1:], 'node': os.environ.get('SLURM_NODEID')}) + '\\n')",
+    "scontrol": f"""import sys
+args = sys.argv[1:]
+if args[:2] == ['show', 'hostnames']:
+    print('\\n'.join({{{JOB['nodelist']!r}: {JOB['hosts']!r}, 'gpu07': ['gpu07']}}[args[2]]))
+elif args[:3] == ['show', 'job', '--oneliner'] and args[3] == {JOB['id']!r}:
+    print('JobId={JOB['id']} JobName=sft JobState=RUNNING NumNodes=2 NumCPUs={JOB['cpus']} NumTasks=2 '
+          'CPUs/Task=32 TRES=cpu={JOB['cpus']},mem=500G,node=2,billing={JOB['cpus']},gres/gpu={JOB['gpus']} '
+          'NodeList={JOB['nodelist']} BatchHost=gpu07')
+elif args[:3] == ['show', 'job', '--oneliner'] and args[3] == '5':
+    print('JobId=5 JobName=sft JobState=RUNNING NumNodes=1 NumCPUs=8 NumTasks=1 TRES=cpu=8,node=1 NodeList=gpu07')
+else:
+    sys.exit('scontrol: unexpected ' + ' '.join(args))
+""",
+    # one task per node, one after the other, each with the SLURM_NODEID srun gives its tasks
+    "srun": ("import json, os, subprocess, sys\nargs = sys.argv[1:]\n"
+             "open(os.environ['RECORD'] + '/srun.jsonl', 'a').write(json.dumps(args) + '\\n')\n"
+             "nodes = int(next(a.split('=')[1] for a in args if a.startswith('--nodes=')))\n"
+             "while args[0].startswith('-'):\n    args = args[1:]\n"
+             "sys.exit(max(subprocess.call(args, env={**os.environ, 'SLURM_NODEID': str(i), 'SLURM_JOB_ID': "
+             f"{JOB['id']!r}}}) for i in range(nodes)))"),
+}
+
+
+def fake_launch_commands(tmp_path) -> dict:
+    """PATH and RECORD for fake torchrun/srun/scontrol that record their calls in tmp_path."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    record = tmp_path / "torchrun.jsonl"
-    scripts = {
-        "torchrun": f"import json, sys\nopen({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')",
-        "scontrol": "import sys\nassert sys.argv[1:] == ['show', 'hostnames', 'gpu[07-08]']\nprint('gpu07\\ngpu08')",
-        # one task per node, one after the other, each with its SLURM_NODEID
-        "srun": ("import os, subprocess, sys\nargs = sys.argv[1:]\nwhile args[0].startswith('-'):\n    args = args[1:]\n"
-                 "nodes = int(os.environ['SLURM_JOB_NUM_NODES'])\n"
-                 "sys.exit(max(subprocess.call(args, env={**os.environ, 'SLURM_NODEID': str(i)}) "
-                 "for i in range(nodes)))"),
-    }
-    for name, body in scripts.items():
+    for name, body in FAKE_LAUNCH.items():
         (bin_dir / name).write_text(f"#!{sys.executable}\n{body}\n")
         (bin_dir / name).chmod(0o755)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SEDSFT_"))}
-    clean["PATH"] = os.pathsep.join([str(bin_dir), os.environ["PATH"]])
+    return {**clean, "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]),
+            "RECORD": str(tmp_path)}
+
+
+def recorded(tmp_path, command: str) -> list:
+    path = tmp_path / f"{command}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def launch(tmp_path, env: dict) -> list[dict]:
+    """Run `python -m sedsft.launch torchrun ...` with the fake commands; the torchrun calls."""
     command = [sys.executable, "-m", "sedsft.launch", "torchrun", "--standalone", "--nproc_per_node", "4",
                "-m", "sedsft.cli", "sft", "--experiment", "x"]
-    subprocess.run(command, env={**clean, **env}, check=True, timeout=60)
-    return [json.loads(line) for line in record.read_text().splitlines()]
+    subprocess.run(command, env={**fake_launch_commands(tmp_path), **env}, check=True, timeout=60)
+    return recorded(tmp_path, "torchrun")
 
 
-def test_launch_on_one_node_runs_torchrun_standalone(tmp_path):
-    for env in ({}, {"SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu07"}):
+def test_launch_outside_slurm_or_on_one_node_runs_torchrun_standalone(tmp_path):
+    for env in ({}, {"SLURM_JOB_ID": "5"}):
         (call,) = launch(tmp_path, env)
-        assert call[:3] == ["--standalone", "--nproc_per_node", "4"]
+        assert call["argv"][:3] == ["--standalone", "--nproc_per_node", "4"]
         (tmp_path / "torchrun.jsonl").unlink()
+    assert not recorded(tmp_path, "srun")
 
 
-def test_launch_on_two_nodes_runs_one_torchrun_per_node(tmp_path):
-    env = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]"}
-    first, second = launch(tmp_path, env)
-    for rank, call in enumerate((first, second)):
+def assert_one_torchrun_per_node(tmp_path, torchruns: list[dict]) -> None:
+    assert [t["node"] for t in torchruns] == ["0", "1"]
+    for rank, call in enumerate(t["argv"] for t in torchruns):
         assert "--standalone" not in call
         assert flag(call, "--nnodes") == "2" and flag(call, "--node_rank") == str(rank)
         assert flag(call, "--rdzv_backend") == "c10d" and flag(call, "--rdzv_endpoint") == "gpu07:29500"
-        assert flag(call, "--rdzv_id") == "42" and flag(call, "--nproc_per_node") == "4"
+        assert flag(call, "--rdzv_id") == JOB["id"] and flag(call, "--nproc_per_node") == "4"
         assert call[-5:] == ["-m", "sedsft.cli", "sft", "--experiment", "x"]
+    (srun,) = recorded(tmp_path, "srun")
+    # each node's task gets that node's CPUs and GPUs (the job's totals over its nodes)
+    assert flag(srun, "--nodes") == flag(srun, "--ntasks") == "2" and flag(srun, "--ntasks-per-node") == "1"
+    assert flag(srun, "--cpus-per-task") == str(JOB["cpus"] // 2)
+    assert flag(srun, "--gpus-per-node") == str(JOB["gpus"] // 2)
+
+
+def test_launch_in_a_two_node_job_runs_one_torchrun_per_node(tmp_path):
+    # only the job id, as the jobstep executor leaves it: the allocation comes from scontrol
+    assert_one_torchrun_per_node(tmp_path, launch(tmp_path, {"SLURM_JOB_ID": JOB["id"]}))
+
+
+def test_two_node_sft_through_the_real_jobstep_executor(tmp_path):
+    """The sft rule's launcher under snakemake-executor-plugin-slurm-jobstep, started as the slurm
+    executor starts it inside a 2-node job (its environment is what sbatch gives the batch step).
+    The plugin strips the SLURM_* allocation variables before running the rule; the launcher must
+    still spread over both nodes."""
+    from sedsft.launch import command_prefix
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    snakefile = tmp_path / "Snakefile"
+    prefix = command_prefix(4, "zero3", across_nodes=True)
+    snakefile.write_text(f"""rule sft:
+    output: "done.txt"
+    resources: mpi="srun", nodes=2, tasks=2, gpu=16
+    shell: "{prefix} sft --experiment x && touch {{output}}"
+""")
+    batch_step = {"SLURM_JOB_ID": JOB["id"], "SLURM_JOBID": JOB["id"], "SLURM_JOB_NUM_NODES": "2", "SLURM_NNODES": "2",
+                  "SLURM_JOB_NODELIST": JOB["nodelist"], "SLURM_NODELIST": JOB["nodelist"], "SLURM_NODEID": "0",
+                  "SLURM_CPUS_ON_NODE": "32", "SLURM_GPUS_ON_NODE": "8", "SLURM_NTASKS": "2",
+                  "SLURM_SUBMIT_DIR": str(workdir)}
+    env = {**fake_launch_commands(tmp_path), **batch_step}
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir),
+                             "--executor", "slurm-jobstep", "--jobs", "1", "done.txt"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_one_torchrun_per_node(tmp_path, recorded(tmp_path, "torchrun"))
+
+
+def test_the_profile_examples_reach_sbatch_as_written():
+    """The commented set-resources examples, uncommented, parse, and a constraint reaches sbatch
+    without literal quotes: the plugin shell-quotes resource values itself
+    (snakemake-executor-plugin-slurm 2.8.0 submit_string.py: `-C {safe_quote(constraint)}`)."""
+    import shlex
+
+    from snakemake_executor_plugin_slurm.submit_string import safe_quote
+
+    text = (PROFILE / "config.v8+.yaml").read_text()
+    example = text[text.index("# set-resources:"):].splitlines()
+    block = "\n".join(line[2:] for line in example if line.startswith("# ") and not line.startswith("# SFT"))
+    overrides = yaml.safe_load(block)["set-resources"]
+    constraints = [r["constraint"] for r in overrides.values() if "constraint" in r]
+    assert constraints
+    for value in constraints:
+        assert shlex.split(f"sbatch -C {safe_quote(value)}")[2] == value
+        assert not set("'\"") & set(value), f"constraint {value!r} would reach Slurm with its quotes"

@@ -16,6 +16,7 @@ from pathlib import Path
 from sedsft import config as C
 from sedsft.benchmarks import BenchmarkError
 from sedsft.hardware import HardwareError
+from sedsft.launch import GPU_STAGES, pin_gpus
 from sedsft.sources import DataError
 
 log = logging.getLogger("sedsft")
@@ -38,8 +39,15 @@ def _write(path: str, payload: dict, args, settings: dict, started: float) -> No
     from sedsft.data import write_json
     from sedsft.provenance import provenance
 
+    extra = {}
+    if getattr(args, "gpus", None) is not None:  # what the job was given and what this process saw
+        import os
+
+        seen = sys.modules["torch"].cuda.device_count() if "torch" in sys.modules else None
+        extra["gpus"] = {"job": args.gpus, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                         "seen_by_torch": seen}
     payload["provenance"] = provenance(args.experiment, settings, stage=args.stage,
-                                       seconds=round(time.time() - started, 2))
+                                       seconds=round(time.time() - started, 2), **extra)
     write_json(path, payload)
 
 
@@ -235,6 +243,10 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--summary", required=True, help="JSON file: the stage's result and provenance")
         for flag, required in options:
             sub.add_argument(flag, required=required)
+        if name in GPU_STAGES:
+            sub.add_argument("--gpus", type=int, metavar="N",
+                             help="GPUs the job was given (the workflow passes resources.gpu): this process "
+                                  "sees only those it uses (one; generate: N), none for N = 0")
         if name == "diversity":
             sub.add_argument("--benchmarks", nargs="*", default=[], metavar="PARQUET",
                              help="benchmark problem files (<bench>.parquet) for diversity.sources: benchmarks")
@@ -246,6 +258,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "gpus", None) is not None:  # before anything can initialise CUDA
+        pin_gpus(args.stage, args.gpus)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     started = time.time()
     try:

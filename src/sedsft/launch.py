@@ -58,6 +58,48 @@ def rl_command_prefix(rl: dict, model_dir: str, across_nodes: bool = False) -> s
             f"{rl['num_processes']} -- {prefix}")
 
 
+# ----------------------------------------------------------------------------- GPUs of a job
+
+GPU_STAGES = ("threshold", "sft", "diversity", "rl", "generate")
+
+
+def job_gpus(stage: str, settings: dict, uses_gpus: bool) -> int:
+    """The GPUs one job of `stage` asks for (Snakemake resources.gpu, Slurm --gpus) and may see:
+    0 for a CPU experiment and for stages that run no model. settings: the experiment's merged
+    settings; uses_gpus: its resources.gpus, resolved."""
+    if not uses_gpus or stage not in GPU_STAGES:
+        return 0
+    if stage == "sft":
+        return settings["sft"]["num_processes"]
+    if stage == "rl":
+        rl = settings["rl"]
+        server = rl["use_vllm"] and rl["vllm_mode"] == "server"
+        return rl["num_processes"] + (rl["vllm_tensor_parallel_size"] if server else 0)
+    if stage == "generate":
+        ev = settings["eval"]
+        return 1 if ev["backend"] == "hf" else ev["tensor_parallel_size"]
+    return 1  # threshold, diversity: one model on one GPU
+
+
+def pin_gpus(stage: str, job: int) -> str | None:
+    """Show this process only the GPUs it uses, before anything initialises CUDA; returns the new
+    CUDA_VISIBLE_DEVICES (None: left as it was).
+
+    A one-process stage on a machine with several visible GPUs would otherwise take them all: the
+    HF Trainer sets n_gpu = device_count() and wraps the model in nn.DataParallel (the batch
+    silently becomes per_device x n_gpu), and TRL's GRPOTrainer refuses n_gpu > 1. So a single
+    process sees one GPU (generate: the tensor-parallel GPUs vLLM spreads over), and a job that
+    asked for none sees none. torchrun ranks (LOCAL_RANK set) are left alone: each takes
+    cuda:LOCAL_RANK of the GPUs the job was given."""
+    if "LOCAL_RANK" in os.environ:
+        return None
+    wanted = job if stage == "generate" else min(job, 1)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [i for i in visible.split(",") if i.strip()] if visible is not None else [str(i) for i in range(wanted)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:wanted])
+    return os.environ["CUDA_VISIBLE_DEVICES"]
+
+
 # ----------------------------------------------------------------------------- several nodes
 
 RDZV_PORT = 29500
@@ -73,27 +115,48 @@ def multinode_torchrun(argv: list[str], nodes: int, node_rank: int, endpoint: st
                        "--rdzv_endpoint", endpoint, "--rdzv_id", rdzv_id] + argv[i + 1:]
 
 
+def slurm_allocation(job_id: str) -> dict:
+    """The job's nodes, hosts, and CPUs and GPUs per node, from `scontrol show job`.
+
+    Read from Slurm, not from the environment: the slurm-jobstep executor (0.6.1, __init__.py
+    `run_job`, `keep_slurm`) removes every SLURM_* variable but the job/array ids, the cluster and
+    the submit dir/host before it runs a rule, so SLURM_JOB_NUM_NODES and SLURM_JOB_NODELIST are
+    gone by the time the rule's command starts."""
+    shown = subprocess.run(["scontrol", "show", "job", "--oneliner", job_id], check=True, capture_output=True,
+                           text=True).stdout
+    fields = dict(item.split("=", 1) for item in shown.split() if "=" in item)
+    nodes = int(fields["NumNodes"].split("-")[0])  # "2" (or "2-2" while pending)
+    tres = dict(item.split("=", 1) for item in fields.get("TRES", "").split(",") if "=" in item)
+    hosts = subprocess.run(["scontrol", "show", "hostnames", fields["NodeList"]], check=True, capture_output=True,
+                           text=True).stdout.split()
+    return {"nodes": nodes, "hosts": hosts, "cpus_per_node": int(fields["NumCPUs"]) // nodes,
+            "gpus_per_node": int(tres.get("gres/gpu", 0)) // nodes}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run `argv` (a torchrun command line), spread over the nodes of the Slurm job, if several.
 
     The job's batch step (one task, on the first node) re-runs this module through
-    `srun --ntasks-per-node 1`; each node's task then runs torchrun with that node's rank."""
+    `srun --ntasks-per-node 1`, with each node's CPUs and GPUs (the jobstep executor stripped the
+    SLURM_* defaults an inner srun would otherwise inherit); each node's task then runs torchrun
+    with that node's rank (SLURM_NODEID, which srun sets for its own tasks)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         sys.exit("usage: python -m sedsft.launch torchrun --standalone --nproc_per_node N ...")
-    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES") or 1)
-    if nodes > 1:
-        endpoint = os.environ.get("SEDSFT_RDZV_ENDPOINT")
-        if endpoint is None:  # the batch step: one task per node, this module again in each
-            hosts = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
-                                   check=True, capture_output=True, text=True).stdout.split()
+    endpoint = os.environ.get("SEDSFT_RDZV_ENDPOINT")
+    if endpoint is not None:  # one node's task of the srun below
+        argv = multinode_torchrun(argv, int(os.environ["SEDSFT_NNODES"]), int(os.environ["SLURM_NODEID"]),
+                                  endpoint, os.environ.get("SLURM_JOB_ID", "sedsft"))
+    elif os.environ.get("SLURM_JOB_ID"):
+        job = slurm_allocation(os.environ["SLURM_JOB_ID"])
+        if job["nodes"] > 1:
             port = os.environ.get("SEDSFT_RDZV_PORT", str(RDZV_PORT))
-            os.environ["SEDSFT_RDZV_ENDPOINT"] = f"{hosts[0]}:{port}"
-            srun = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
-                    "--kill-on-bad-exit=1", sys.executable, "-m", "sedsft.launch", *argv]
+            os.environ.update(SEDSFT_RDZV_ENDPOINT=f"{job['hosts'][0]}:{port}", SEDSFT_NNODES=str(job["nodes"]))
+            gpus = [f"--gpus-per-node={job['gpus_per_node']}"] if job["gpus_per_node"] else []
+            srun = ["srun", f"--nodes={job['nodes']}", f"--ntasks={job['nodes']}", "--ntasks-per-node=1",
+                    f"--cpus-per-task={job['cpus_per_node']}", *gpus, "--kill-on-bad-exit=1",
+                    sys.executable, "-m", "sedsft.launch", *argv]
             os.execvp(srun[0], srun)
-        argv = multinode_torchrun(argv, nodes, int(os.environ["SLURM_NODEID"]), endpoint,
-                                  os.environ.get("SLURM_JOB_ID", "sedsft"))
     os.execvp(argv[0], argv)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from sedsft import config as C
-from sedsft.launch import command_prefix, rl_command_prefix
+from sedsft.launch import command_prefix, job_gpus, rl_command_prefix
 
 REPO = Path(workflow.basedir)
 # conda users get the same pinned stack the package declares (tests check they agree)
@@ -216,24 +216,9 @@ def uses_gpus(exp):
 
 
 def gpus(stage):
-    """resources.gpu: the GPUs one job of the stage uses (0 when the experiment runs on CPUs)."""
-
-    def count(w):
-        if not uses_gpus(w.exp):
-            return 0
-        settings = experiment(w.exp)
-        if stage == "sft":
-            return settings["sft"]["num_processes"]
-        if stage == "rl":
-            rl = settings["rl"]
-            server = rl["use_vllm"] and rl["vllm_mode"] == "server"
-            return rl["num_processes"] + (rl["vllm_tensor_parallel_size"] if server else 0)
-        if stage == "generate":
-            ev = settings["eval"]
-            return 1 if ev["backend"] == "hf" else ev["tensor_parallel_size"]
-        return 1  # threshold, diversity: one model on one GPU
-
-    return count
+    """resources.gpu: the GPUs one job of the stage uses (0 when the experiment runs on CPUs);
+    the stage's command gets the same count (--gpus) and sees only those (sedsft.launch.pin_gpus)."""
+    return lambda w: job_gpus(stage, experiment(w.exp), uses_gpus(w.exp))
 
 
 def cpus(stage, base):

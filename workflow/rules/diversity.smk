@@ -31,9 +31,10 @@ rule diversity:
         model=stage_model,
         prompts=lambda w, input: f"--prompts {input.prompts}" if input.prompts else "",
         benchmarks=lambda w, input: f"--benchmarks {input.benchmarks}" if input.benchmarks else "",
+        gpus=gpus("diversity"),
     shell:
         "sedsft diversity --experiment {wildcards.exp} --settings {params.settings:q}"
         " --model {params.model:q} {params.prompts} {params.benchmarks} --samples {output.samples}"
         " --per-prompt {output.per_prompt} --pass-at-k-plot {output.pass_at_k_plot}"
         " --metrics-plot {output.metrics_plot} --label {wildcards.exp}/{wildcards.stage}"
-        " --summary {output.summary} > {log} 2>&1"
+        " --gpus {params.gpus} --summary {output.summary} > {log} 2>&1"

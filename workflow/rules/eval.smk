@@ -27,10 +27,11 @@ rule generate:
     params:
         settings=lambda w: json.dumps(C.generate_settings(experiment(w.exp), w.bench), sort_keys=True),
         model=stage_model,
+        gpus=gpus("generate"),
     shell:
         "sedsft generate --experiment {wildcards.exp} --settings {params.settings:q}"
         " --model {params.model:q} --benchmark {input.problems} --out {output.generations}"
-        " --summary {output.summary} > {log} 2>&1"
+        " --gpus {params.gpus} --summary {output.summary} > {log} 2>&1"
 
 
 rule grade:

@@ -22,7 +22,9 @@ rule rl:
     params:
         settings=stage_json("rl"),
         launcher=rl_launcher,
+        gpus=gpus("rl"),
     shell:
         "{params.launcher} rl --experiment {wildcards.exp} --settings {params.settings:q}"
         " --model {input.model} --prompts {input.prompts} --out-dir {output.model}"
-        " --work-dir results/{wildcards.exp}/rl/checkpoints --summary {output.summary} > {log} 2>&1"
+        " --work-dir results/{wildcards.exp}/rl/checkpoints --gpus {params.gpus}"
+        " --summary {output.summary} > {log} 2>&1"

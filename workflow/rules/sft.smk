@@ -21,9 +21,10 @@ rule threshold:
     params:
         settings=stage_json("threshold"),
         base=base_model,
+        gpus=gpus("threshold"),
     shell:
         "sedsft threshold --experiment {wildcards.exp} --settings {params.settings:q}"
-        " --base {params.base:q} --val {input.val} --summary {output} > {log} 2>&1"
+        " --base {params.base:q} --val {input.val} --gpus {params.gpus} --summary {output} > {log} 2>&1"
 
 
 rule sft:
@@ -51,8 +52,9 @@ rule sft:
         settings=stage_json("sft"),
         base=base_model,
         launcher=sft_launcher,
+        gpus=gpus("sft"),
     shell:
         "{params.launcher} sft --experiment {wildcards.exp} --settings {params.settings:q}"
         " --base {params.base:q} --train {input.train} --threshold {input.threshold}"
         " --out-dir {output.model} --work-dir results/{wildcards.exp}/sft/checkpoints --metrics {output.metrics}"
-        " --summary {output.summary} > {log} 2>&1"
+        " --gpus {params.gpus} --summary {output.summary} > {log} 2>&1"
