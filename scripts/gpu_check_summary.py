@@ -371,6 +371,24 @@ def eval_lines(results: Path, env: dict | None) -> list[str]:
 # ----------------------------------------------------------------------------- summary
 
 
+def gpu_visibility_lines(results: Path) -> list[str]:
+    """Per stage summary: the GPUs its job asked for and how many torch saw (provenance.gpus,
+    written by sedsft.cli); a stage that saw more is flagged."""
+    seen = {}
+    for path in sorted(results.rglob("*.json")) if results.is_dir() else []:
+        data = read_json(path) if path.stat().st_size < 2 ** 24 else None
+        gpus = (data.get("provenance") or {}).get("gpus") if isinstance(data, dict) else None
+        if isinstance(gpus, dict):
+            seen[str(path.relative_to(results))] = gpus
+    if not seen:
+        return ["gpus      : no stage recorded its GPUs"]
+    over = [f"{name} (job {g['job']}, saw {g['seen_by_torch']})" for name, g in seen.items()
+            if isinstance(g.get("seen_by_torch"), int) and g["seen_by_torch"] > g["job"]]
+    counts = sorted({f"job {g['job']} -> saw {g['seen_by_torch']}" for g in seen.values()})
+    verdict = f"MORE THAN ASKED: {', '.join(over)}" if over else "none saw more than its job asked for"
+    return [f"gpus      : {len(seen)} stage summaries; {verdict} ({'; '.join(counts)})"]
+
+
 def summary(logs: Path, results: Path, elapsed: float | None = None) -> str:
     checks = read_json(logs / "checks.json") or {}
     env = checks.get("env")
@@ -400,9 +418,10 @@ def summary(logs: Path, results: Path, elapsed: float | None = None) -> str:
     by_name = {s["name"]: s for s in steps}
     out.append("loss benchmark (forward + backward; x = relative to naive_ce):")
     out += ["  " + line if not line.startswith("  ") else line for line in bench_lines(checks.get("bench"))]
-    pytest = by_name.get("pytest")
-    if pytest and pytest["status"] != "SKIPPED":
-        out.append(f"pytest    : {pytest_line(logs / (pytest.get('log') or 'pytest.log')) or 'no result line'}")
+    for name in ("pytest", "gpuonly"):
+        step = by_name.get(name)
+        if step and step["status"] != "SKIPPED":
+            out.append(f"{name:<10}: {pytest_line(logs / (step.get('log') or f'{name}.log')) or 'no result line'}")
     workflow = by_name.get("workflow")
     stale = " - NOT run this time: from an earlier run" if workflow and workflow["status"] == "SKIPPED" else ""
     out.append(f"workflow  : per-rule wall time ({results}/benchmarks/*.tsv){stale}")
@@ -410,6 +429,7 @@ def summary(logs: Path, results: Path, elapsed: float | None = None) -> str:
     out += times or ["  (no timings)"]
     if workflow and workflow["status"] == "FAILED":
         out += ["  " + line for line in workflow_errors(logs / (workflow.get("log") or "workflow.log"))]
+    out += gpu_visibility_lines(results)
     out += sft_lines(results)
     out += rl_lines(results)
     out += eval_lines(results, env)

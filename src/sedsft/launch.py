@@ -81,19 +81,17 @@ def job_gpus(stage: str, settings: dict, uses_gpus: bool) -> int:
     return 1  # threshold, diversity: one model on one GPU
 
 
-def pin_gpus(stage: str, job: int) -> str | None:
+def pin_gpus(stage: str, job: int) -> str:
     """Show this process only the GPUs it uses, before anything initialises CUDA; returns the new
-    CUDA_VISIBLE_DEVICES (None: left as it was).
+    CUDA_VISIBLE_DEVICES.
 
     A one-process stage on a machine with several visible GPUs would otherwise take them all: the
     HF Trainer sets n_gpu = device_count() and wraps the model in nn.DataParallel (the batch
     silently becomes per_device x n_gpu), and TRL's GRPOTrainer refuses n_gpu > 1. So a single
-    process sees one GPU (generate: the tensor-parallel GPUs vLLM spreads over), and a job that
-    asked for none sees none. torchrun ranks (LOCAL_RANK set) are left alone: each takes
-    cuda:LOCAL_RANK of the GPUs the job was given."""
-    if "LOCAL_RANK" in os.environ:
-        return None
-    wanted = job if stage == "generate" else min(job, 1)
+    process sees one GPU (generate: the tensor-parallel GPUs vLLM spreads over), a torchrun rank
+    (LOCAL_RANK set) the job's GPUs, of which it takes cuda:LOCAL_RANK, and a job that asked for
+    none sees none."""
+    wanted = job if stage == "generate" or "LOCAL_RANK" in os.environ else min(job, 1)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [i for i in visible.split(",") if i.strip()] if visible is not None else [str(i) for i in range(wanted)]
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:wanted])
