@@ -1,16 +1,19 @@
-"""The whole DAG on a micro version of `tiny`: every artifact is produced and checked, then the
-re-run semantics are checked against the finished run (dry runs)."""
+"""The whole DAG on a micro version of `tiny`, run the way a new user runs it: in a `git clone`
+of the repository in an empty folder (nothing beside it), with the Hugging Face Hub offline.
+Every artifact is produced and checked, then the re-run semantics are checked against the
+finished run (dry runs); the paper's experiments are planned in the same clone."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import REPO, planned_jobs, snakemake
+from workflow_helpers import REPO, fresh_clone, offline_env, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +35,35 @@ MICRO = {
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workflow")
-    micro = workdir / "micro.yaml"
+def clone(tmp_path_factory):
+    return fresh_clone(tmp_path_factory.mktemp("fresh"))
+
+
+def in_clone(clone, *args, configfiles=()):
+    """`snakemake <args>` typed in the clone: its own Snakefile, config and package, offline."""
+    return snakemake(clone, *args, configfiles=configfiles, repo=clone, env=offline_env(clone))
+
+
+def test_a_fresh_clone_plans_the_tiny_smollm2_and_llama3b_runs_offline(clone):
+    result = in_clone(clone, "-n", "-p", *(f"results/{exp}/rl_eval.json" for exp in ("tiny", "smollm2", "llama3b")))
+    jobs = planned_jobs(result.stdout)
+    assert jobs["eval_report"] == 6 and jobs["rl_prompts"] == 3
+    assert jobs["benchmark_data"] == 9 + 2 + 8  # tiny: eight + its own; smollm2: gsm8k, math500; llama3b: eight
+    # every stage reads the data shipped in the clone
+    assert set(re.findall(r'"benchmarks_dir": "([^"]+)"', result.stdout)) == {str(clone / "data" / "benchmarks")}
+    sources = set(re.findall(r"--source (\S+)", result.stdout))
+    assert {str(clone / "data" / "rl" / "math_train_data_filtered_qwen25_revised.parquet"),
+            str(clone / "data" / "sft" / "gsm8k_train.jsonl")} <= sources
+
+
+@pytest.fixture(scope="module")
+def run(clone, tmp_path_factory):
+    micro = tmp_path_factory.mktemp("overlay") / "micro.yaml"
     micro.write_text(yaml.safe_dump({"experiments": {EXP: MICRO}}))
     started = time.time()
-    snakemake(workdir, "--cores", "2", f"results/{EXP}/rl_eval.json", configfiles=[micro])
+    in_clone(clone, "--cores", "2", f"results/{EXP}/rl_eval.json", configfiles=[micro])
     print(f"micro DAG: {time.time() - started:.0f} s")
-    return workdir, micro
+    return clone, micro
 
 
 def results(run):
@@ -179,12 +203,12 @@ def test_eval_contract(run, stage):
 
 def _plan(run, *extra_configs):
     workdir, micro = run
-    return planned_jobs(snakemake(workdir, "-n", f"results/{EXP}/rl_eval.json", f"results/{EXP}/sft_eval.json",
-                                  configfiles=[micro, *extra_configs]).stdout)
+    return planned_jobs(in_clone(workdir, "-n", f"results/{EXP}/rl_eval.json", f"results/{EXP}/sft_eval.json",
+                                 configfiles=[micro, *extra_configs]).stdout)
 
 
 def _override(run, name, settings):
-    path = run[0] / f"{name}.yaml"
+    path = run[1].parent / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"experiments": {EXP: {**MICRO, **settings}}}))
     return path
 
