@@ -187,8 +187,10 @@ class RLConfig:
     use_vllm: bool
     vllm_mode: str
     vllm_gpu_memory_utilization: float
+    vllm_enable_sleep_mode: bool  # colocate: vLLM offloads its weights and KV cache during training steps
     vllm_tensor_parallel_size: int
-    vllm_server_port: int
+    vllm_server_port: int | None  # server mode; None: a free port chosen when the job starts
+    vllm_group_port: int | None  # server mode's NCCL weight-sync port; None: chosen likewise
     deepspeed: str | None
     num_processes: int
 
@@ -459,8 +461,33 @@ def _check_consistency(exp: Experiment) -> None:
     if (rl.mini_batch_prompts * rl.num_generations) % (rl.per_device_batch_size * rl.num_processes):
         raise ConfigError(f"{where}.rl: per_device_batch_size * num_processes must divide "
                           f"mini_batch_prompts * num_generations (completions per optimizer update)")
+    if rl.use_vllm and rl.vllm_mode == "colocate" and rl.num_processes % rl.vllm_tensor_parallel_size:
+        # TRL raises "tensor_parallel_size (...) must divide world size" when the trainer starts
+        # (trl 1.16 trl/generation/vllm_generation.py:314-318): each group of tensor-parallel ranks
+        # shares one colocated engine
+        raise ConfigError(f"{where}.rl.vllm_tensor_parallel_size: {rl.vllm_tensor_parallel_size} does not divide "
+                          f"rl.num_processes = {rl.num_processes} (colocated vLLM runs one engine per "
+                          f"vllm_tensor_parallel_size training ranks)")
+    _check_greedy_sampling(exp, where)
     if "tiny" in (exp.diversity.benchmarks or []) and not exp.is_tiny:
         raise ConfigError(f"{where}.diversity.benchmarks: 'tiny' exists only for experiments with model.tiny")
+
+
+GREEDY_BELOW = 1e-5  # vLLM samples greedily below this temperature (_SAMPLING_EPS, vllm/sampling_params.py:27)
+
+
+def _check_greedy_sampling(exp: Experiment, where: str) -> None:
+    """n > 1 samples at temperature 0 (greedy): vLLM refuses them ("n must be 1 when using greedy
+    sampling", vllm 0.31 vllm/sampling_params.py:550-554 and 703-707) and HF generate refuses
+    num_return_sequences > 1 without sampling (transformers 5.17 generation/configuration_utils.py:
+    790-795). (diversity and rl sample at temperature > 0: the schema's exclusiveMinimum.)"""
+    settings = [("eval.sampling", exp.eval.sampling)]
+    settings += [(f"eval.per_benchmark.{name}", s) for name, s in exp.eval.per_benchmark.items()]
+    for key, sampling in settings:
+        if sampling.n > 1 and sampling.temperature < GREEDY_BELOW:
+            raise ConfigError(f"{where}.{key}: n = {sampling.n} samples at temperature {sampling.temperature} "
+                              f"(greedy decoding, which vLLM refuses for n > 1): set n: 1, or a temperature "
+                              f">= {GREEDY_BELOW}")
 
 
 def load_experiment(config_path: str | Path, name: str) -> Experiment:

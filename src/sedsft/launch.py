@@ -47,15 +47,19 @@ def command_prefix(num_processes: int, deepspeed: str | None, across_nodes: bool
     return f"python -m sedsft.launch {torchrun}" if across_nodes else torchrun
 
 
-def rl_command_prefix(rl: dict, model_dir: str, across_nodes: bool = False) -> str:
+def rl_command_prefix(rl: dict, model_dir: str, across_nodes: bool = False, trust_remote_code: bool = False) -> str:
     """RL: like command_prefix, wrapped by a `trl vllm-serve` on GPUs of its own in server mode
-    (on one node: the server listens on 127.0.0.1, so server mode never spans nodes)."""
+    (on one node: the server listens on 127.0.0.1, so server mode never spans nodes). Ports the
+    config leaves null are chosen free when the job starts (see with_vllm_server.sh)."""
     if not (rl["use_vllm"] and rl["vllm_mode"] == "server"):
         return command_prefix(rl["num_processes"], rl["deepspeed"], across_nodes)
     prefix = command_prefix(rl["num_processes"], rl["deepspeed"])
     script = Path(__file__).parent / "with_vllm_server.sh"
-    return (f"bash {script} {model_dir} {rl['vllm_tensor_parallel_size']} {rl['vllm_server_port']} "
-            f"{rl['num_processes']} -- {prefix}")
+    options = (f"--group-port {rl['vllm_group_port'] or 'auto'} "
+               f"--max-model-len {rl['max_prompt_length'] + rl['max_completion_length']}"
+               + (" --trust-remote-code" if trust_remote_code else ""))
+    return (f"bash {script} {model_dir} {rl['vllm_tensor_parallel_size']} {rl['vllm_server_port'] or 'auto'} "
+            f"{rl['num_processes']} {options} -- {prefix}")
 
 
 # ----------------------------------------------------------------------------- GPUs of a job

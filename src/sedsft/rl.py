@@ -44,6 +44,27 @@ def completion_texts(completions) -> list[str]:
     return [c[-1]["content"] if isinstance(c, list) else c for c in completions]
 
 
+# Server mode: the ports with_vllm_server.sh chose (or the config pinned) for this job's server.
+SERVER_PORT_ENV, GROUP_PORT_ENV = "SEDSFT_VLLM_SERVER_PORT", "SEDSFT_VLLM_GROUP_PORT"
+# TRL's own defaults (trl 1.16 trl/trainer/grpo_config.py:636-638 vllm_server_port, 647-648 vllm_group_port)
+TRL_SERVER_PORT, TRL_GROUP_PORT = 8000, 51216
+
+
+def server_ports(cfg: RLConfig) -> tuple[int, int]:
+    """(HTTP port, NCCL group port) of the rollout server: what with_vllm_server.sh passed in
+    SEDSFT_VLLM_SERVER_PORT / SEDSFT_VLLM_GROUP_PORT, else the config's, else TRL's defaults."""
+    def port(env: str, configured: int | None, default: int) -> int:
+        value = os.environ.get(env)
+        if value:
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise ConfigError(f"{env}={value!r} is not a port number")
+            return int(value)
+        return configured if configured is not None else default
+
+    return (port(SERVER_PORT_ENV, cfg.vllm_server_port, TRL_SERVER_PORT),
+            port(GROUP_PORT_ENV, cfg.vllm_group_port, TRL_GROUP_PORT))
+
+
 def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int, check_hardware: bool = True):
     """RLConfig -> GRPOConfig. A rollout batch is prompts_per_step x num_generations completions;
     each optimizer update sees mini_batch_prompts x num_generations of them."""
@@ -53,6 +74,7 @@ def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int, check_
         if cfg.use_vllm:
             require_vllm("rl.use_vllm: true", "rl.use_vllm: false")
         require_precision(deepspeed_config(cfg.deepspeed), "rl.deepspeed")
+    server_port, group_port = server_ports(cfg)
     update_completions = cfg.mini_batch_prompts * cfg.num_generations
     if update_completions % (cfg.per_device_batch_size * world_size):
         raise ConfigError(f"rl: mini_batch_prompts * num_generations = {update_completions} is not divisible "
@@ -80,9 +102,14 @@ def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int, check_
         use_vllm=cfg.use_vllm,
         vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_enable_sleep_mode=cfg.vllm_enable_sleep_mode,  # trl/trainer/grpo_config.py:612
         vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        # colocate's engine holds the longest prompt kept plus a completion, not the model's whole
+        # context (its KV cache shares the GPU); the server gets the same as --max_model_len
+        vllm_max_model_length=cfg.max_prompt_length + cfg.max_completion_length,
         vllm_server_host="127.0.0.1",
-        vllm_server_port=cfg.vllm_server_port,
+        vllm_server_port=server_port,
+        vllm_group_port=group_port,
         deepspeed=deepspeed_config(cfg.deepspeed),
         bf16=use_bf16(),
         use_cpu=not has_cuda(),

@@ -108,7 +108,10 @@ def sft_launcher(w):
 
 
 def rl_launcher(w, input):
-    return rl_command_prefix(experiment(w.exp)["rl"], input.model, across_nodes=True)
+    settings = experiment(w.exp)
+    return rl_command_prefix(
+        settings["rl"], input.model, across_nodes=True, trust_remote_code=settings["model"]["trust_remote_code"]
+    )
 
 
 def benchmarks(exp):
