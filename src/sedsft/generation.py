@@ -7,9 +7,12 @@ re-grade never needs a re-generation.
 With ``entropies=True`` each line also carries ``entropies``: per completion, the entropy (nats)
 of the model's own next-token distribution at every sampled position -- softmax of the raw
 logits (temperature 1, no top-p/top-k), not the processed distribution that was sampled from
-(they coincide at temperature 1, top_p 1). The HF backend computes them from ``output_logits``;
-the vLLM backend writes ``null`` for each completion (vLLM returns only top-k log-probs, from
-which the full-vocabulary entropy cannot be computed).
+(they coincide at temperature 1, top_p 1). The HF backend computes them from ``output_logits``.
+The vLLM backend scores its samples afterwards with the same model under transformers (a
+teacher-forced forward pass over prompt + completion, see EntropyScorer) while vLLM sleeps: vLLM
+can return the full distribution (``logprobs=-1``) only as one Python object per vocabulary entry
+per sampled position (vllm 0.31 vllm/logprobs.py:178-209), about 10^11 of them for a diversity
+run of a 128k-vocabulary model.
 """
 
 from __future__ import annotations
@@ -104,7 +107,8 @@ def generate_to_file(model_dir: str, prompts: list[dict], out: str, sampling: Sa
 
 ENTROPY_SOURCE = {
     "hf": "softmax of the raw logits (output_logits: temperature 1, before top-p/top-k)",
-    "vllm": None,  # not computed: vLLM exposes only top-k log-probs
+    "vllm": "softmax of the raw logits (the model under transformers, teacher-forced on vLLM's samples: "
+            "temperature 1, before top-p/top-k)",
 }
 
 
@@ -115,6 +119,46 @@ def token_entropies(logits):
 
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+
+
+class EntropyScorer:
+    """Per-token entropies of samples generated elsewhere (vLLM), as the HF backend defines them:
+    at each sampled position, the entropy of softmax(raw logits) of the model given the prompt and
+    the sample so far, from one teacher-forced forward pass per completion."""
+
+    def __init__(self, model_dir: str, trust_remote_code: bool):
+        import inspect
+
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.device = "cuda" if has_cuda() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32  # as _generate_hf
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
+                                                          trust_remote_code=trust_remote_code).eval()
+        # logits of the completion's positions only (not the prompt's), where the model supports it
+        self.keep_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+    def to_gpu(self, on: bool) -> None:
+        """Onto the GPU to score, off it again so that vLLM can wake up in its memory."""
+        import torch
+
+        if self.device == "cuda":
+            self.model.to("cuda" if on else "cpu")
+            if not on:
+                torch.cuda.empty_cache()
+
+    def __call__(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        import torch
+
+        n = len(completion_ids)
+        if n == 0:
+            return []
+        # the logits at position i predict token i + 1: those of prompt[-1], completion[:-1]
+        ids = torch.tensor([list(prompt_ids) + list(completion_ids[:-1])], device=self.model.device)
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, **({"logits_to_keep": n} if self.keep_logits else {})).logits
+        return [round(float(h), 5) for h in token_entropies(logits[0, -n:]).cpu()]
 
 
 def _generate_hf(model_dir, prompts, sampling: SamplingSettings, per_batch, trust_remote_code, _tp, *,
@@ -183,14 +227,25 @@ def _generate_vllm(model_dir, prompts, sampling: SamplingSettings, chunk, trust_
                    entropies: bool = False):
     from vllm import LLM, SamplingParams
 
+    # entropies: vLLM sleeps while the scorer uses the GPU (LLM.sleep/wake_up, vllm 0.31
+    # vllm/entrypoints/llm.py:809-855; sleep mode must be on from the start)
     llm = LLM(model=model_dir, tensor_parallel_size=tp, seed=sampling.seed,
-              trust_remote_code=trust_remote_code)
+              trust_remote_code=trust_remote_code, **({"enable_sleep_mode": True} if entropies else {}))
     params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                             max_tokens=sampling.max_new_tokens, seed=sampling.seed)
+    scorer = None
     for start in range(0, len(prompts), chunk):
         batch = prompts[start:start + chunk]
+        if scorer is not None:
+            llm.wake_up()
         outputs = llm.chat([p["messages"] for p in batch], params, use_tqdm=True)
-        for prompt, output in zip(batch, outputs):
+        if entropies:
+            llm.sleep(level=1)  # weights to host memory, KV cache freed
+            scorer = scorer or EntropyScorer(model_dir, trust_remote_code)
+            scorer.to_gpu(True)
+            scored = [[scorer(output.prompt_token_ids, o.token_ids) for o in output.outputs] for output in outputs]
+            scorer.to_gpu(False)
+        for i, (prompt, output) in enumerate(zip(batch, outputs)):
             record = {
                 "id": prompt["id"],
                 "completions": [o.text for o in output.outputs],
@@ -198,7 +253,7 @@ def _generate_vllm(model_dir, prompts, sampling: SamplingSettings, chunk, trust_
                 "finished": [o.finish_reason == "stop" for o in output.outputs],
             }
             if entropies:
-                record["entropies"] = [None for _ in output.outputs]  # see ENTROPY_SOURCE
+                record["entropies"] = scored[i]  # see ENTROPY_SOURCE
             yield record
 
 
