@@ -65,7 +65,8 @@ def server_ports(cfg: RLConfig) -> tuple[int, int]:
             port(GROUP_PORT_ENV, cfg.vllm_group_port, TRL_GROUP_PORT))
 
 
-def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int, check_hardware: bool = True):
+def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int, check_hardware: bool = True,
+                trust_remote_code: bool = False):
     """RLConfig -> GRPOConfig. A rollout batch is prompts_per_step x num_generations completions;
     each optimizer update sees mini_batch_prompts x num_generations of them."""
     from trl import GRPOConfig
@@ -108,6 +109,7 @@ def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int, check_
         # context (its KV cache shares the GPU); the server gets the same as --max_model_len
         vllm_max_model_length=cfg.max_prompt_length + cfg.max_completion_length,
         vllm_server_host="127.0.0.1",
+        trust_remote_code=trust_remote_code,  # what the colocated vLLM loads with (trl grpo_trainer.py:1130)
         vllm_server_port=server_port,
         vllm_group_port=group_port,
         deepspeed=deepspeed_config(cfg.deepspeed),
@@ -144,7 +146,8 @@ def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: 
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     start_deepspeed_on_cpu(cfg.deepspeed)
-    args = grpo_config(cfg, seed, work_dir, world_size)  # refuses GPU-only settings before any loading
+    # refuses GPU-only settings before any loading
+    args = grpo_config(cfg, seed, work_dir, world_size, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(sft_model, trust_remote_code)
     tokenizer.padding_side = "left"
     rows = pd.read_parquet(prompts_file).to_dict("records")
