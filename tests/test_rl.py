@@ -33,7 +33,9 @@ def test_paper_recipe_reaches_grpo_config(tmp_path):
     assert args.steps_per_generation * args.per_device_train_batch_size * args.world_size == 256 * 8
     # vLLM settings from config, as TRL will use them
     assert args.use_vllm and args.vllm_mode == "colocate"
-    assert args.vllm_gpu_memory_utilization == 0.8 and args.vllm_tensor_parallel_size == 2
+    # TRL's own safe share beside 8 ZeRO-3 ranks (its default since OOM reports), not 0.8
+    assert args.vllm_gpu_memory_utilization == 0.3 and args.vllm_tensor_parallel_size == 2
+    assert args.trust_remote_code is False  # model.trust_remote_code reaches the colocated vLLM
     assert args.deepspeed.endswith("zero3.json")
 
 
@@ -48,9 +50,10 @@ def test_server_mode_launch_wraps_the_command():
     from sedsft.launch import rl_command_prefix
 
     rl = {"num_processes": 4, "deepspeed": "zero3", "use_vllm": True, "vllm_mode": "server",
-          "vllm_tensor_parallel_size": 2, "vllm_server_port": 8000}
+          "vllm_tensor_parallel_size": 2, "vllm_server_port": 8000, "vllm_group_port": None,
+          "max_prompt_length": 1024, "max_completion_length": 3072}
     prefix = rl_command_prefix(rl, "results/x/sft/model")
-    assert "with_vllm_server.sh results/x/sft/model 2 8000 4 --" in prefix
+    assert "with_vllm_server.sh results/x/sft/model 2 8000 4 --group-port auto --max-model-len 4096 --" in prefix
     assert prefix.endswith("torchrun --standalone --nproc_per_node 4 -m sedsft.cli")
     assert rl_command_prefix({**rl, "vllm_mode": "colocate"}, "m").startswith("torchrun")
 
