@@ -47,7 +47,7 @@ def main() -> None:
             wrong = sum(g.correct != label for g, label in zip(grades, labels))
             rates.append(len(comps) / seconds)
             print(f"run {run + 1}: {len(comps)} answers in {seconds:.2f} s = {rates[-1]:.0f} answers/s "
-                  f"({args.workers} workers); {wrong} graded against their label")
+                  f"({args.workers} workers); {wrong} graded otherwise than their label says")
     print(f"median {statistics.median(rates):.0f} answers/s, min {min(rates):.0f}, max {max(rates):.0f}")
 
 
