@@ -279,8 +279,8 @@ def test_hostile_in_process_bounded():
 
 def test_the_in_process_timeout_fires_and_is_remembered(monkeypatch):
     """A comparison that would take 30 s is cut at timeout_s (status "timeout", the extracted
-    answer kept), on any machine; the same pair again is answered from the timeout cache at once;
-    an earlier timer of the caller's survives."""
+    answer kept), on any machine; the same pair again is answered from the timeout cache without
+    running it; an earlier timer of the caller's survives."""
     import sedsft.grading as grading
 
     calls = []
@@ -299,10 +299,9 @@ def test_the_in_process_timeout_fires_and_is_remembered(monkeypatch):
         started = time.perf_counter()
         assert grade_answer("so \\boxed{17}", "17", timeout_s=0.3) == Grade(False, "17", "timeout")
         assert 0.25 < time.perf_counter() - started < 3.0
-        started = time.perf_counter()
         assert grade_answer("\\boxed{17}", "17", timeout_s=0.3) == Grade(False, "17", "timeout")
-        assert time.perf_counter() - started < 0.1 and len(calls) == 1  # cached: not run again
-        assert 4.0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 5.0 and not fired
+        assert len(calls) == 1  # the timeout cache answered: not run again
+        assert 2.0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 5.0 and not fired
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
