@@ -44,7 +44,7 @@ def reference_per_token_f64(z: torch.Tensor, y: torch.Tensor, s: LossSettings) -
         zc = z.detach()
         q = torch.softmax(zc / s.gem_beta, -1)
         w = torch.sigmoid(0.01 * (zc - zc.gather(-1, y[:, None]))) if s.gem_weighting == "logsigmoid" else 1.0
-        return ce + (q * w * log_p).sum(-1)
+        return -(q * w * (log_p.gather(-1, y[:, None]) - log_p)).sum(-1)  # GEM's gem_loss_func
     if s.loss == "dft":
         return ce * p_y.detach()
     raise AssertionError(s.loss)

@@ -35,7 +35,7 @@ def reference_token_loss(z: torch.Tensor, y: int, s: LossSettings) -> torch.Tens
         z_const = z.detach()
         q = torch.softmax(z_const / s.gem_beta, dim=-1)
         w = torch.sigmoid(0.01 * (z_const - z_const[y])) if s.gem_weighting == "logsigmoid" else torch.ones_like(q)
-        return -log_p[y] + sum(q[v] * w[v] * log_p[v] for v in range(len(z)))
+        return -sum(q[v] * w[v] * (log_p[y] - log_p[v]) for v in range(len(z)))  # GEM's gem_loss_func
     if s.loss == "dft":
         return ce * p[y].detach()
     raise AssertionError(s.loss)
@@ -287,10 +287,22 @@ def test_uniform_logits_dft_and_gem():
     value, grad, _ = two_token_case(0.0, 1, LossSettings("dft"))
     assert value == pytest.approx(math.log(2) / 2, abs=1e-7)  # CE * p_y
     assert grad == pytest.approx([0.25, -0.25], abs=1e-7)  # p_y * (p - e_y)
-    # GEM: q = softmax(0 / beta) = uniform, sum_v q log p = -log 2 cancels CE; grad = (p - e_y) + (p - q)
+    # GEM: q = softmax(0 / beta) = uniform, sum_v q log p = -log 2 cancels CE; grad = c - S e_y = q - e_y
     value, grad, _ = two_token_case(0.0, 1, LossSettings("gem", gem_beta=0.7))
     assert value == pytest.approx(0.0, abs=1e-7)
     assert grad == pytest.approx([0.5, -0.5], abs=1e-7)
+
+
+def test_gem_logsigmoid_against_its_formula_in_closed_form():
+    """GEM's loss as its code writes it, L = -sum_v q_v w_v (log p_y - log p_v), on z = (log 3, 0),
+    y = 0, beta = 1: p = q = (3/4, 1/4), w = sigmoid(0.01 (z - z_y)) = (1/2, sigmoid(-0.01 log 3)).
+    The v = y term vanishes, so L = -q_1 w_1 (log p_0 - log p_1) = -(1/4) w_1 log 3, and
+    dL/dz = c - S e_y with c = q * w, S = sum c. CE's weight is S ~ 0.5, not 1."""
+    w1 = 1.0 / (1.0 + math.exp(0.01 * math.log(3)))
+    c = (0.75 * 0.5, 0.25 * w1)
+    value, grad, _ = two_token_case(math.log(3), 0, LossSettings("gem", gem_beta=1.0, gem_weighting="logsigmoid"))
+    assert value == pytest.approx(-0.25 * w1 * math.log(3), abs=1e-7)
+    assert grad == pytest.approx([c[0] - sum(c), c[1]], abs=1e-7)
 
 
 @pytest.mark.parametrize("tau, masked", [(0.8, True), (0.7, False)])

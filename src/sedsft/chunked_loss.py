@@ -26,7 +26,7 @@ checked against autograd of `losses.token_losses` in tests/test_chunked_loss.py)
     sed         (p - e_y) * [1 + lambda * M * p_y * (1 - 2 p_y)]      since d p_y/dz = p_y (e_y - p)
     sed_nomask  the same with M = 1
     dft         p_y * (p - e_y)                                       (p_y is a constant)
-    gem         (p - e_y) + (c - (sum_v c_v) p),  c = q * w constants  since d log p_v/dz = e_v - p
+    gem         c - S e_y,  c = q * w constants, S = sum_v c_v      since d log p_v/dz = e_v - p
 
 Normalisation: every loss is a sum over label tokens divided by `denominator` (the number of label
 tokens in the global batch, like the HF Trainer's num_items_in_batch); a denominator of 0 (a batch
@@ -133,9 +133,9 @@ def _chunk_loss_and_grad(z: torch.Tensor, y: torch.Tensor, s: LossSettings, need
         scale = 1.0 + s.sed_lambda * mask * p_y * (1.0 - 2.0 * p_y)  # [c]
     elif s.loss == "dft":
         per_token, scale = ce * p_y, p_y
-    else:  # gem: sum_v c_v log p_v = sum_v c_v z_v - (sum_v c_v) lse
-        coef_sum = coef.sum(-1)  # [c]
-        per_token, scale = ce + ((coef * z).sum(-1) - coef_sum * lse), None
+    else:  # gem: -S log p_y + sum_v c_v log p_v, with sum_v c_v log p_v = sum_v c_v z_v - S lse
+        coef_sum = coef.sum(-1)  # [c] S
+        per_token, scale = coef_sum * ce + ((coef * z).sum(-1) - coef_sum * lse), None
     entropy = lse - z.mul_(p).sum(-1)  # H(p) = lse - sum_v p_v z_v; z is scratch from here on
     ce_sum = ce.sum()
     loss_sum = per_token.sum()
@@ -144,9 +144,11 @@ def _chunk_loss_and_grad(z: torch.Tensor, y: torch.Tensor, s: LossSettings, need
     if not need_grad:
         return loss_sum, stats, None
     grad = p  # reuse p's storage: grad = p - e_y, then the per-loss correction
-    if coef is not None:  # gem: (p - e_y) + c - (sum c) p = p (1 - sum c) + c - e_y
-        grad.mul_((1.0 - coef_sum)[:, None]).add_(coef)
-    grad.scatter_add_(-1, y[:, None], torch.full_like(z_y, -1.0))
+    if coef is not None:  # gem: S (p - e_y) + (c - S p) = c - S e_y
+        grad.copy_(coef)
+        grad.scatter_add_(-1, y[:, None], -coef_sum[:, None])
+    else:
+        grad.scatter_add_(-1, y[:, None], torch.full_like(z_y, -1.0))
     if scale is not None:
         grad.mul_(scale[:, None])
     return loss_sum, stats, grad

@@ -1,11 +1,14 @@
 """The SFT loss family on token logits: CE, SED, SED without mask, GEM, DFT.
 
-Per label token t with target y, p = softmax(z) (see DESIGN.md section 1):
+Per label token t with target y, p = softmax(z) (the method: the README's "The method in one
+line" and "SFT: losses"; GEM as in its original code, liziniu/GEM `gem_loss_func`):
     ce          CE_t = -log p_y
     sed         CE_t + lambda * M_t * (p_y - 1/2)^2,  M_t = 1[top-k mass of p < tau] (no gradient)
     sed_nomask  CE_t + lambda * (p_y - 1/2)^2
-    gem         -log p_y + sum_v q(v) w(v) log p(v),  q = stopgrad softmax(z / beta),
-                w = 1 ("linear") or stopgrad sigmoid(0.01 (z_v - z_y)) ("logsigmoid")
+    gem         -sum_v c_v (log p_y - log p_v) = -S log p_y + sum_v c_v log p_v,
+                c = q * w, S = sum_v c_v (constants), q = stopgrad softmax(z / beta),
+                w = 1 ("linear", so S = 1) or stopgrad sigmoid(0.01 (z_v - z_y)) ("logsigmoid",
+                S about 1/2: CE's weight is S, not 1)
     dft         CE_t * stopgrad(p_y)
 Reductions are sums: the caller divides by the number of label tokens of the global batch.
 """
@@ -66,14 +69,14 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor, s: LossSettings) -
         stats.update(extra_sum=extra.detach().sum(), masked=mask.detach().sum())
     elif s.loss == "gem":
         with torch.no_grad():
-            q = F.softmax(logits / s.gem_beta, dim=-1)  # [N, V]
+            q = F.softmax(logits / s.gem_beta, dim=-1)  # [N, V]; times w below
             if s.gem_weighting == "logsigmoid":
                 q = q * torch.sigmoid(0.01 * (logits - logits.gather(-1, targets[:, None])))
             elif s.gem_weighting != "linear":
                 raise ValueError(f"unknown gem_weighting {s.gem_weighting!r}")
-        extra = (q * log_probs).sum(-1)
-        per_token = ce + extra
-        stats.update(extra_sum=extra.detach().sum())
+        c = q  # [N, V] the constants c = q * w
+        per_token = c.sum(-1) * ce + (c * log_probs).sum(-1)  # -S log p_y + sum_v c_v log p_v
+        stats.update(extra_sum=(per_token - ce).detach().sum())
     elif s.loss == "dft":
         per_token = ce * p_y.detach()
         stats.update(extra_sum=(per_token - ce).detach().sum())
