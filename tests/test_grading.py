@@ -307,6 +307,34 @@ def test_the_in_process_timeout_fires_and_is_remembered(monkeypatch):
         signal.signal(signal.SIGALRM, previous)
 
 
+def test_an_answer_slow_to_parse_is_not_parsed_again_for_every_comparison(monkeypatch):
+    """maj@n and the distinct-answer count compare an answer with each class's first member: a
+    pathological answer whose parse runs out of time costs one timeout for all those
+    comparisons, not one each (a maj@8 over hostile samples took 5 s per pair); given more time
+    it is tried again; the answer it is compared with is not blamed."""
+    import sedsft.grading as grading
+
+    monkeypatch.setattr(grading, "_SLOW_PARSES", grading.collections.OrderedDict())
+    monkeypatch.setattr(grading, "_TIMEOUT_CACHE", grading.collections.OrderedDict())
+    real, parsed = grading._parse_answer, []
+
+    def parse(answer):
+        parsed.append(answer)
+        if answer == "SLOW":
+            time.sleep(30)
+        return real(answer)
+
+    monkeypatch.setattr(grading, "_parse_answer", parse)
+    others = ["1", "2", "x+1", "\\frac{1}{2}", "7"]
+    assert not any(answers_equivalent("SLOW", other, timeout_s=0.3) for other in others)
+    assert parsed.count("SLOW") == 1
+    assert grade_answer("\\boxed{SLOW}", "3", timeout_s=0.3) == Grade(False, "SLOW", "timeout")
+    assert parsed.count("SLOW") == 1
+    assert not answers_equivalent("SLOW", "3", timeout_s=1.0)  # more time than it ran out of
+    assert parsed.count("SLOW") == 2
+    assert answers_equivalent("0.5", "\\frac{1}{2}", timeout_s=0.3) and answers_equivalent("x+1", "1+x")
+
+
 def test_non_str_inputs_do_not_crash():
     assert grade_answer(None, "1").status == "no_box"  # type: ignore[arg-type]
     assert grade_answer(b"\\boxed{1}\xff", "1").correct  # type: ignore[arg-type]

@@ -279,6 +279,30 @@ def _gold_answer(gold: str) -> str:
 
 
 _TIMEOUT_CACHE: collections.OrderedDict = collections.OrderedDict()
+# answer -> the seconds it had left when its parse ran out of time. A pathological answer is slow
+# to parse every time: re-parsing it for each comparison (maj@n's answer classes, distinct answers:
+# one per class) would multiply the timeout by the number of comparisons.
+_SLOW_PARSES: collections.OrderedDict = collections.OrderedDict()
+_PARSE_DEADLINE = threading.local()  # .at: time.monotonic() by which the current comparison must end
+
+
+def _parse_in_time(ans: str) -> tuple:
+    """_parse_answer, except that an answer whose parse already ran out of about as much time as
+    is left now (10 % and 50 ms more count as the same) times out at once; one that runs out now
+    is remembered."""
+    at = getattr(_PARSE_DEADLINE, "at", None)
+    left = None if at is None else at - time.monotonic()
+    ran_out = _SLOW_PARSES.get(ans)
+    if left is not None and ran_out is not None and left <= 1.1 * ran_out + 0.05:
+        raise _GradingTimeout()
+    try:
+        return _parse_answer(ans)
+    except _GradingTimeout:
+        if left is not None:
+            _SLOW_PARSES[ans] = max(left, _SLOW_PARSES.get(ans, 0.0))
+            if len(_SLOW_PARSES) > 256:
+                _SLOW_PARSES.popitem(last=False)
+        raise
 
 
 @lru_cache(maxsize=8192)
@@ -293,8 +317,8 @@ def _compare(pred: str, gold: str) -> tuple[bool, str]:
         letter = _letter(pred)
         if letter is not None:
             return letter == _letter(gold), "ok"
-    p = _parse_answer(pred)
-    g = _parse_answer(gold) if len(gold) <= MAX_ANSWER_CHARS else ()
+    p = _parse_in_time(pred)
+    g = _parse_in_time(gold) if len(gold) <= MAX_ANSWER_CHARS else ()
     if not p or not g:
         # math-verify cannot parse one side: normalized, case-insensitive string compare.
         correct = bool(npred) and npred.lower() == ngold.lower()
@@ -310,6 +334,7 @@ def _compare_guarded(pred: str, gold: str, timeout_s: float) -> tuple[bool, str]
     key = (pred, gold)
     if timeout_s is not None and timeout_s <= _TIMEOUT_CACHE.get(key, -1.0):
         return False, "timeout"  # timed out before with at least this budget: skip the rerun
+    _PARSE_DEADLINE.at = time.monotonic() + timeout_s if timeout_s is not None and timeout_s > 0 else None
     try:
         with _deadline(timeout_s):
             return _compare(pred, gold)
@@ -318,6 +343,8 @@ def _compare_guarded(pred: str, gold: str, timeout_s: float) -> tuple[bool, str]
         if len(_TIMEOUT_CACHE) > 256:
             _TIMEOUT_CACHE.popitem(last=False)
         return False, "timeout"
+    finally:
+        _PARSE_DEADLINE.at = None
 
 
 def grade_answer(completion: str, gold: str, timeout_s: float = 5.0) -> Grade:
