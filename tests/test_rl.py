@@ -161,10 +161,6 @@ def prompt_length(tokenizer, question: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "sedsft.rl.filter_prompts takes len() of apply_chat_template(tokenize=True), which under "
-    "transformers 5 is a BatchEncoding (not a dict): it counts its 2 keys, so no prompt is ever "
-    "dropped. Remove this mark once rl.py counts ids['input_ids']."))
 def test_prompts_over_max_prompt_length_are_dropped_and_counted(answering_model):
     from transformers import AutoTokenizer
 

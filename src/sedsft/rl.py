@@ -126,7 +126,8 @@ def filter_prompts(rows: list[dict], tokenizer, max_prompt_length: int) -> tuple
     kept = []
     for row in rows:
         ids = tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        # transformers 5 returns a BatchEncoding (a Mapping, not a dict): len() of it counts its keys
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
         if len(ids) <= max_prompt_length:
             kept.append(row)
     return kept, len(rows) - len(kept)
