@@ -21,7 +21,7 @@
 #                        scripts/download_gpu_wheels.sh
 #     --no-wheels        install nothing: use the packages this Python already has
 #     --benchmarks DIR   folder with <benchmark>/test.jsonl for the eight benchmarks (default: the
-#                        config's benchmarks_dir; offline, a missing folder fails the evaluation)
+#                        config's benchmarks_dir, data/benchmarks of this checkout)
 #     --steps LIST       comma-separated subset of env,bench,pytest,gpuonly,workflow (default: all)
 #     --cores N          snakemake --cores (default: all)
 #     --configfile FILE  a config overlay merged over config.yaml (to resize tiny_gpu, say)
@@ -173,13 +173,6 @@ step gpuonly "${T_GPUONLY:-180}" gpuonly.log "$PYTHON" -m pytest -q -rs -p no:ca
 SNAKE=(--cores "$CORES" --resources gpu=1 --nolock --rerun-incomplete --scheduler greedy --printshellcmds)
 if [ -n "$BENCHMARKS" ]; then
     SNAKE+=(--config "benchmarks_dir=$BENCHMARKS")
-elif [[ ",$STEPS," == *",workflow,"* ]]; then
-    configured=$("$PYTHON" -c 'from sedsft import config as C
-print(C.experiment_settings(C.load_config("config.yaml"), "tiny_gpu", ".")["benchmarks_dir"])' 2>/dev/null)
-    if [ "$configured" = hub ]; then
-        echo "note: config.yaml's benchmarks_dir folder is missing, so the eight benchmarks come from the" \
-             "Hugging Face Hub (offline, that fails); pass --benchmarks DIR" | tee -a "$LOGS/workflow.log"
-    fi
 fi
 OVERLAY=$SITE/vllm_overlay.yaml
 EMBEDDINGS=$SITE/no_embeddings.yaml
