@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from e2e_checks import assert_diversity_recomputed, assert_sft_telemetry, diversity_golds
 from workflow_helpers import REPO, fresh_clone, offline_env, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
@@ -172,6 +173,12 @@ def test_diversity(run):
     assert len(jsonl(results(run) / "sft" / "diversity_per_prompt.jsonl")) == 5
     for plot in ("diversity_pass_at_k.png", "diversity_metrics.png"):
         assert (results(run) / "sft" / plot).read_bytes().startswith(b"\x89PNG")
+    # every value recomputed from the samples (accuracy and pass@k graded again against the golds)
+    assert_diversity_recomputed(results(run) / "sft", diversity_golds(results(run)))
+
+
+def test_sft_telemetry(run):
+    assert_sft_telemetry(results(run) / "sft" / "metrics.jsonl", "sed")
 
 
 @pytest.mark.parametrize("stage", ["sft", "rl"])
