@@ -120,10 +120,10 @@ def flag(argv: list[str], name: str) -> str | None:
 
 
 @pytest.mark.slow
-def test_micro_sft_through_the_slurm_profile(tmp_path, monkeypatch):
-    """The DAG up to SFT (tiny task, base model, SFT data, tau, SFT) through sbatch: the part that
-    exercises submission, the jobstep executor and the launcher; the later stages' resources are
-    checked from dry runs below, and the whole DAG runs in tests/test_workflow_e2e.py."""
+def test_micro_threshold_through_the_slurm_profile(tmp_path, monkeypatch):
+    """The DAG up to tau (tiny task, base model, SFT data, threshold) through sbatch: submission,
+    the jobstep executor, the sacct status, a re-run; the later stages' resources are checked from
+    dry runs below, and the whole DAG runs in tests/test_workflow_e2e.py."""
     for key, value in fake_slurm(tmp_path).items():
         monkeypatch.setenv(key, value)
     workdir = tmp_path / "work"
@@ -134,9 +134,9 @@ def test_micro_sft_through_the_slurm_profile(tmp_path, monkeypatch):
     snakemake(workdir, "--profile", str(PROFILE), "--jobs", "2",
               "--default-resources", "slurm_partition=testpart", "slurm_account=testacct",
               "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
-              f"results/{EXP}/sft/train.json", configfiles=[micro], timeout=900)
-    print(f"micro SFT through fake Slurm: {time.time() - started:.0f} s")
-    assert json.loads((workdir / "results" / EXP / "sft" / "train.json").read_text())["global_step"] == 2
+              f"results/{EXP}/sft/threshold.json", configfiles=[micro], timeout=900)
+    print(f"micro tau through fake Slurm: {time.time() - started:.0f} s")
+    assert 0 < json.loads((workdir / "results" / EXP / "sft" / "threshold.json").read_text())["tau"] <= 1
 
     submitted = calls(tmp_path, "sbatch")
     rules = {}
@@ -145,15 +145,15 @@ def test_micro_sft_through_the_slurm_profile(tmp_path, monkeypatch):
         rules.setdefault(rule, []).append(argv)
     # every job of the target went through sbatch, once
     assert {rule: len(argvs) for rule, argvs in rules.items()} == dict.fromkeys(
-        ["tiny_task", "base_model", "sft_data", "threshold", "sft"], 1)
+        ["tiny_task", "base_model", "sft_data", "threshold"], 1)
     for rule, argvs in rules.items():
         for argv in argvs:
             assert flag(argv, "-p") == "testpart" and flag(argv, "-A") == "testacct", argv
             # a CPU experiment: no GPU anywhere; memory, time and CPUs as the rules derive them
             assert not any(a.startswith(("--gpus", "--gres")) for a in argv), argv
             assert int(flag(argv, "--mem")) >= 2000 and int(flag(argv, "-t")) >= 10, argv
-    (sft,) = rules["sft"]
-    assert (flag(sft, "--mem"), flag(sft, "-t"), flag(sft, "--cpus-per-task")) == ("8000", "60", "2")
+    (threshold,) = rules["threshold"]
+    assert (flag(threshold, "--mem"), flag(threshold, "-t"), flag(threshold, "--cpus-per-task")) == ("4000", "20", "2")
     assert flag(rules["tiny_task"][0], "--cpus-per-task") == "1"
     # inside each job the jobstep executor ran the rule through srun, on one node, without GPUs
     steps = calls(tmp_path, "srun")
@@ -162,7 +162,7 @@ def test_micro_sft_through_the_slurm_profile(tmp_path, monkeypatch):
     # and a second submission has nothing to do
     # the target before --default-resources, which would read it as one more resource (and after a
     # flag: --configfile, which comes first here, takes every plain argument after it)
-    again = snakemake(workdir, "--profile", str(PROFILE), f"results/{EXP}/sft/train.json", "--default-resources",
+    again = snakemake(workdir, "--profile", str(PROFILE), f"results/{EXP}/sft/threshold.json", "--default-resources",
                       "slurm_partition=testpart", "slurm_account=testacct", configfiles=[micro])
     assert "Nothing to be done" in again.stdout + again.stderr
     assert len(calls(tmp_path, "sbatch")) == len(submitted)
@@ -173,6 +173,8 @@ def test_micro_jobs_after_sft_ask_for_what_their_rules_derive(tmp_path):
                                        configfiles=[micro_config(tmp_path)]).stdout)
     (grade, *_) = plan["grade"]
     assert (grade["mem_mb"], grade["runtime"]) == ("4000", "20")
+    (sft,) = plan["sft"]
+    assert (sft["mem_mb"], sft["runtime"]) == ("8000", "60")
     assert len(plan["generate"]) == len(plan["grade"]) == 8 and len(plan["eval_report"]) == 2
     assert all(int(job.get("gpu", 0)) == 0 for jobs in plan.values() for job in jobs)
 
