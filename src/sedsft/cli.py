@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,8 +42,6 @@ def _write(path: str, payload: dict, args, settings: dict, started: float) -> No
 
     extra = {}
     if getattr(args, "gpus", None) is not None:  # what the job was given and what this process saw
-        import os
-
         seen = sys.modules["torch"].cuda.device_count() if "torch" in sys.modules else None
         extra["gpus"] = {"job": args.gpus, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                          "seen_by_torch": seen}
@@ -245,8 +244,9 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument(flag, required=required)
         if name in GPU_STAGES:
             sub.add_argument("--gpus", type=int, metavar="N",
-                             help="GPUs the job was given (the workflow passes resources.gpu): this process "
-                                  "sees only those it uses (one; generate: N), none for N = 0")
+                             help="GPUs the job was given (the workflow passes the count it asks the scheduler "
+                                  "for, sedsft.launch.job_gpus): this process sees only those it uses (one; "
+                                  "generate and torchrun ranks: N), none for N = 0")
         if name == "diversity":
             sub.add_argument("--benchmarks", nargs="*", default=[], metavar="PARQUET",
                              help="benchmark problem files (<bench>.parquet) for diversity.sources: benchmarks")
