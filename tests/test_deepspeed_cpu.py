@@ -29,6 +29,7 @@ def run_cli(*args, ranks: int | None = None, cwd=None):
     result = subprocess.run([*launcher, "-m", "sedsft.cli", *args], capture_output=True, text=True, cwd=cwd,
                             timeout=900, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +56,14 @@ def train(prepared, name: str, deepspeed: str | None, ranks: int, accumulation: 
     sft = {**settings["sft"], "max_steps": STEPS, "logging_steps": 1, "deepspeed": deepspeed, "num_processes": ranks,
            "per_device_batch_size": GLOBAL_BATCH // (ranks * accumulation),
            "gradient_accumulation_steps": accumulation, "learning_rate": 1e-3}
-    run_cli("sft", "--experiment", "tiny", "--settings", json.dumps({**settings, "sft": sft}),
+    output = run_cli("sft", "--experiment", "tiny", "--settings", json.dumps({**settings, "sft": sft}),
             "--base", str(work / "base"), "--train", str(work / "train.parquet"),
             "--threshold", str(work / "threshold.json"), "--out-dir", str(work / name),
             "--work-dir", str(work / f"{name}_ckpt"), "--summary", str(work / f"{name}.json"),
             ranks=ranks if (deepspeed or ranks > 1) else None)
+    # training never calls DeepSpeed's shared-memory inference all-reduce: it is not built (a
+    # minute of C++ on a cold cache) nor loaded (sedsft.hardware.start_deepspeed_on_cpu)
+    assert "shm_comm" not in output
     with open(work / f"{name}.json") as fh:
         return json.load(fh)
 
@@ -73,7 +77,9 @@ def logged(summary: dict, key: str) -> list[float]:
     return [row[key] for row in summary["log_history"] if "loss" in row]
 
 
-@pytest.mark.parametrize("accumulation", [1, 4])
+# accumulation 4 (one sequence per rank per micro-batch) covers what accumulation 1 does, plus
+# the accumulation that broke under ZeRO-3
+@pytest.mark.parametrize("accumulation", [4])
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_zero_on_two_cpu_ranks_matches_one_process(prepared, single, stage, accumulation):
     import torch

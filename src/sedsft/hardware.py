@@ -38,10 +38,19 @@ def start_deepspeed_on_cpu(deepspeed: str | None) -> None:
     """DeepSpeed on CPU ranks (gloo): bring up DeepSpeed's own process group before the Trainer
     does. On CPU the Trainer's accelerate state starts plain torch.distributed, which DeepSpeed's
     comm does not see: ZeRO-3's zero.Init inside from_pretrained then builds its config with a
-    world size of 1 and fails its batch-size check, and TRL's DeepSpeed set-up stops likewise."""
+    world size of 1 and fails its batch-size check, and TRL's DeepSpeed set-up stops likewise.
+
+    DeepSpeed's CPU backend JIT-compiles its shared-memory all-reduce (deepspeed_shm_comm) when
+    its process group starts (deepspeed 0.19.8 comm/torch.py `TorchBackend.__init__` calls
+    `build_shm_op`, which builds unless `deepspeed.ops.__compatible_ops__` marks the op
+    incompatible). That op serves only `inference_all_reduce` (AutoTP inference,
+    module_inject/layers.py); training's all-reduce and all-gather go through gloo. Marking it
+    incompatible saves a C++ build of about a minute on a 2-core machine with a cold cache."""
     if deepspeed and not has_cuda():
         import deepspeed as ds
+        import deepspeed.ops
 
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # a cached dict (ops/__init__.py)
         ds.init_distributed(dist_backend="gloo")
 
 
