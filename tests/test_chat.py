@@ -186,3 +186,18 @@ def test_llama3_template_gives_one_bos_and_labels_content_and_eot(llama3):
     # the assistant header is the prompt, not the target
     prompt = llama3.decode([i for i, label in zip(ids, labels) if label == IGNORE_INDEX])
     assert prompt.endswith(TEXTS[1] + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_a_tokenizer_loaded_offline_saves_what_one_loaded_online_does(tiny_model, tmp_path, monkeypatch):
+    """Offline mode makes transformers record local_files_only=True in tokenizer_config.json
+    (tokenization_utils_base.py:1587-1589, 1844); a model folder must not depend on it."""
+    import transformers.tokenization_utils_base as base
+
+    from sedsft.chat import load_tokenizer
+
+    saved = {}
+    for offline in (False, True):
+        monkeypatch.setattr(base, "is_offline_mode", lambda offline=offline: offline)
+        load_tokenizer(tiny_model).save_pretrained(tmp_path / str(offline))
+        saved[offline] = (tmp_path / str(offline) / "tokenizer_config.json").read_bytes()
+    assert saved[True] == saved[False] and b"local_files_only" not in saved[True]

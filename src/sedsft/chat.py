@@ -46,10 +46,20 @@ def tokenize_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], l
     return list(encoded["input_ids"]), labels
 
 
+def without_load_options(tokenizer):
+    """Forget how the tokenizer was loaded, so that a folder it is saved into does not depend on
+    the machine that made it: in offline mode transformers forces `local_files_only=True` and
+    records it among the init kwargs that save_pretrained writes to tokenizer_config.json
+    (transformers 5.17 tokenization_utils_base.py:1587-1589 and 1844), so an SFT model saved
+    offline and one saved online differ in that one value."""
+    tokenizer.init_kwargs.pop("local_files_only", None)
+    return tokenizer
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = without_load_options(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
     if not tokenizer.chat_template:
         raise ConfigError(f"tokenizer at {path} has no chat template; use an instruct model or add one")
     if tokenizer.pad_token is None:

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sedsft.chat import without_load_options
 from sedsft.config import ConfigError, GGUFConfig
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def convert(cfg: GGUFConfig, out_dir: str | Path, trust_remote_code: bool = Fals
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".gguf-") as scratch:
         folder = fetch(cfg, Path(scratch))
         kwargs = {"gguf_file": cfg.file, "trust_remote_code": trust_remote_code}
-        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        tokenizer = without_load_options(AutoTokenizer.from_pretrained(folder, **kwargs))
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)  # plain float weights from here on
