@@ -18,3 +18,22 @@ def tiny_model(tmp_path_factory) -> str:
     build_model(tokenizer, cfg, seed=0).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def micro_clone(tmp_path_factory):
+    """A fresh `git clone` of the repository in an empty folder (see tests/micro_run.py)."""
+    from workflow_helpers import fresh_clone
+
+    return fresh_clone(tmp_path_factory.mktemp("fresh"))
+
+
+@pytest.fixture(scope="session")
+def micro_run(micro_clone, tmp_path_factory):
+    """The micro experiment's whole DAG, run once in the fresh clone; the slow tests that read it
+    treat it as read-only (tests/micro_run.py)."""
+    from micro_run import run_micro
+
+    run = run_micro(micro_clone, tmp_path_factory.mktemp("overlay"))
+    print(f"micro DAG: {run.seconds:.0f} s")
+    return run

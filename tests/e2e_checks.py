@@ -12,6 +12,8 @@ artifacts, including that each one fails where it should.
 - assert_sft_telemetry(metrics_file, loss): sft/metrics.jsonl's ce, extra, mask rate and
   token accuracy as the loss implies (SED: some tokens masked and a positive extra term; CE:
   none).
+- assert_same_run_up_to_tau(first, second): two runs of the micro experiment's stages up to
+  tau, in two folders, made the same bytes (timings and the checkout aside).
 """
 
 from __future__ import annotations
@@ -194,3 +196,56 @@ def assert_sft_telemetry(metrics_file: str | Path, loss: str) -> None:
             assert line["extra"] <= 0.25 * line["mask_rate"] + 1e-9, f"{where}: extra above 1/4 per masked token"
         elif loss == "ce":
             assert line["extra"] == 0 and line["mask_rate"] == 0, f"{where}: CE with an extra term"
+
+
+# ----------------------------------------------------------------------------- determinism
+
+# Trainer and telemetry fields that measure time, the provenance's run time, and its checkout
+# (which moves when a commit lands between two runs, as on a shared working tree)
+VOLATILE_KEYS = {"seconds", "train_runtime", "train_samples_per_second", "train_steps_per_second", "tokens_per_s",
+                 "git_revision"}
+RUN_SUMMARIES = ("data/tiny/summary.json", "base/summary.json", "data/sft_data.json", "sft/threshold.json")
+
+
+def without_volatile(value):
+    if isinstance(value, dict):
+        return {k: without_volatile(v) for k, v in value.items() if k not in VOLATILE_KEYS}
+    if isinstance(value, list):
+        return [without_volatile(v) for v in value]
+    return value
+
+
+def assert_same_run_up_to_tau(first: str | Path, second: str | Path) -> None:
+    """Two runs of the tiny task, the base model, the SFT data and tau in two folders
+    (results/<exp> of each), on the same machine and checkout:
+
+    - bit-identical: the tiny task's JSONL files, the base model folder (weights, tokenizer,
+      config), sft_train/sft_val.parquet;
+    - identical but for timings and the checkout: every JSON summary. Provenance `seconds`
+      measures time; provenance `git_revision` names the checkout (commit, "-dirty" with
+      uncommitted edits), so it differs between runs of different code. Nothing else differs.
+
+    SFT itself is compared likewise by the kill tests of tests/test_reliability.py (a run
+    killed and resumed in another folder ends with the uninterrupted run's model folder, byte
+    for byte), and generations are seeded per batch and compared there too. Logs and
+    benchmarks/*.tsv hold timings by design. This holds on CPU; GPU kernels (bf16 reductions,
+    atomics, vLLM's batching) are not bit-reproducible, and no claim is made there."""
+    first, second = Path(first), Path(second)
+    bit_identical = [f"data/tiny/{split}.jsonl" for split in ("pretrain", "sft", "rl", "test")]
+    bit_identical += ["data/sft_train.parquet", "data/sft_val.parquet"]
+    bit_identical += same_folder(first, second, "base/model")
+    assert "base/model/model.safetensors" in bit_identical
+    for name in bit_identical:
+        assert (second / name).read_bytes() == (first / name).read_bytes(), f"{name} differs"
+    for name in RUN_SUMMARIES:
+        one, two = (json.loads((run / name).read_text()) for run in (first, second))
+        assert without_volatile(two) == without_volatile(one), f"{name} differs beyond timings"
+        assert one["provenance"]["seconds"] >= 0
+
+
+def same_folder(first: Path, second: Path, folder: str) -> list[str]:
+    """The files of `folder` (relative paths), which both runs must have; their bytes are the
+    caller's to compare."""
+    names = sorted(p.name for p in (first / folder).iterdir())
+    assert names == sorted(p.name for p in (second / folder).iterdir()), f"{folder}: other files"
+    return [f"{folder}/{name}" for name in names]

@@ -10,7 +10,10 @@ import random
 import pandas as pd
 import pytest
 
-from e2e_checks import assert_diversity_recomputed, assert_rl_learned, assert_sft_telemetry, diversity_golds
+import shutil
+
+from e2e_checks import (RUN_SUMMARIES, assert_diversity_recomputed, assert_rl_learned, assert_same_run_up_to_tau,
+                        assert_sft_telemetry, diversity_golds)
 
 # ----------------------------------------------------------------------------- diversity
 
@@ -180,3 +183,55 @@ def test_the_sft_telemetry_check(tmp_path):
     missing = write_metrics(tmp_path / "y.jsonl", [{k: v for k, v in SFT_STEP.items() if k != "token_accuracy"}])
     with pytest.raises(AssertionError, match="token_accuracy"):
         assert_sft_telemetry(missing, "sed")
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def fake_run(folder):
+    """What the micro run leaves up to tau, in miniature: every file the comparison reads."""
+    for split in ("pretrain", "sft", "rl", "test"):
+        (folder / "data" / "tiny").mkdir(parents=True, exist_ok=True)
+        (folder / "data" / "tiny" / f"{split}.jsonl").write_text(json.dumps({"id": split}) + "\n")
+    for name in ("sft_train", "sft_val"):
+        pd.DataFrame({"input_ids": [[1, 2]], "labels": [[-100, 2]]}).to_parquet(folder / "data" / f"{name}.parquet")
+    (folder / "base" / "model").mkdir(parents=True)
+    (folder / "base" / "model" / "model.safetensors").write_bytes(bytes(range(16)))
+    (folder / "base" / "model" / "config.json").write_text("{}")
+    (folder / "sft").mkdir()
+    for name in RUN_SUMMARIES:
+        summary = {"loss": 1.5, "train_runtime": 3.0, "provenance": {"seconds": 2.0, "git_revision": "abc"}}
+        (folder / name).write_text(json.dumps(summary))
+    return folder
+
+
+def edit_json(path, change):
+    value = json.loads(path.read_text())
+    change(value)
+    path.write_text(json.dumps(value))
+
+
+def test_the_two_run_check_passes_on_equal_runs_and_ignores_only_timings(tmp_path):
+    first = fake_run(tmp_path / "first")
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    edit_json(second / "sft" / "threshold.json", lambda s: s.update(train_runtime=9.0))
+    edit_json(second / "base" / "summary.json", lambda s: s["provenance"].update(seconds=7.0, git_revision="def"))
+    assert_same_run_up_to_tau(first, second)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda run: (run / "base/model/model.safetensors").write_bytes(bytes(range(1, 17))), "base/model/model.safetensors"),
+    (lambda run: (run / "base/model/tokenizer.json").write_text("{}"), "base/model: other files"),
+    (lambda run: (run / "data/tiny/test.jsonl").write_text("{}\n"), "data/tiny/test.jsonl"),
+    (lambda run: edit_json(run / "sft/threshold.json", lambda s: s.update(loss=1.25)), "sft/threshold.json"),
+    (lambda run: edit_json(run / "data/sft_data.json", lambda s: s["provenance"].update(python="3.0")),
+     "data/sft_data.json"),
+])
+def test_the_two_run_check_fails_on_any_other_difference(tmp_path, change, message):
+    first = fake_run(tmp_path / "first")
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    change(second)
+    with pytest.raises(AssertionError, match=message):
+        assert_same_run_up_to_tau(first, second)

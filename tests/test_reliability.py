@@ -1,10 +1,12 @@
 """Kill -9 anything, lose nothing: SFT, diversity sampling and eval generation killed through
-Snakemake and run again the way a user would (README "Reliability"), against an uninterrupted
-run of the same micro `tiny`; and which artifacts two runs in two directories share bit for bit.
+Snakemake and run again the way a user would (README "Reliability"), against the uninterrupted
+run of the micro `tiny` (the session's `micro_run`, tests/micro_run.py).
 
-One uninterrupted run (the module fixture) provides the upstream artifacts and the references;
-each test then deletes one stage's outputs, runs that stage under `snakemake` in its own process
-group, kills the group with SIGKILL once a checkpoint or some samples are on disk, and re-runs.
+Each test works in a copy of that run: it deletes one stage's outputs, runs that stage under
+`snakemake` in its own process group, kills the group with SIGKILL once a checkpoint or some
+samples are on disk, re-runs, and compares the bytes with the uninterrupted run, which was made
+in another folder. (Two runs up to tau in two folders, one local and one through the Slurm
+profile, are compared in tests/test_slurm_profile.py.)
 """
 
 from __future__ import annotations
@@ -18,42 +20,26 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from test_workflow_e2e import MICRO
+from e2e_checks import same_folder
+from micro_run import EXP, SAVE_STEPS, SFT_STEPS, write_overlay
 from workflow_helpers import snakemake, snakemake_command
 
 pytestmark = pytest.mark.slow
 
-EXP = "micro"
-SFT_STEPS, SAVE_STEPS = 12, 4  # 8 steps per epoch: the resumed run crosses an epoch boundary
-SETTINGS = {
-    **MICRO,
-    "model": {"tiny": {**MICRO["model"]["tiny"], "pretrain_steps": 4}},  # any base model will do
-    "data": {"sft": {"train_rows": 64, "val_rows": 8}},
-    "threshold": {"tau": 0.5},  # fixed: no calibration
-    "sft": {**MICRO["sft"], "max_steps": SFT_STEPS, "save_steps": SAVE_STEPS, "logging_steps": 2},
-    # one prompt per generation batch (4 samples each), eight prompts
-    "diversity": {**MICRO["diversity"], "num_prompts": 6, "batch_size": 4, "embedding_model": "none"},
-    # two prompts per batch (2 samples each) over the tiny task's 12 test problems
-    "eval": {**MICRO["eval"], "batch_size": 4, "per_benchmark": {"tiny": {"n": 2, "temperature": 1.0, "top_p": 1.0}}},
-}
 SFT = f"results/{EXP}/sft"
 DIVERSITY = f"results/{EXP}/sft/diversity.json"
 GENERATIONS = f"results/{EXP}/eval/sft/tiny.jsonl"
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """(workdir, configfile, reference results folder): one uninterrupted run up to the SFT
-    model, its diversity samples and the tiny task's eval generations."""
+def reference(micro_run, tmp_path_factory):
+    """(workdir, configfile, reference results folder): a copy of the uninterrupted micro run
+    (modification times kept, so Snakemake sees it finished) to kill stages in, and the run."""
     workdir = tmp_path_factory.mktemp("reliability")
-    config = workdir / "micro.yaml"
-    config.write_text(yaml.safe_dump({"experiments": {EXP: SETTINGS}}))
-    snakemake(workdir, "--cores", "2", f"{SFT}/train.json", DIVERSITY, GENERATIONS, configfiles=[config])
-    reference = workdir / "reference"
-    shutil.copytree(workdir / "results" / EXP, reference, ignore=shutil.ignore_patterns("checkpoints"))
-    return workdir, config, reference
+    shutil.copytree(micro_run.results, workdir / "results" / EXP)
+    config = write_overlay(workdir / "micro.yaml")
+    return workdir, config, micro_run.results
 
 
 def kill_when(reference, target: str, ready) -> None:
@@ -148,8 +134,12 @@ def assert_same_sft_as_the_uninterrupted_run(workdir: Path, ref: Path) -> dict:
     assert summary["global_step"] == expected["global_step"] == SFT_STEPS
     assert losses(summary) == losses(expected) and len(losses(summary)) == SFT_STEPS // 2
     assert summary["train_loss"] == expected["train_loss"]
-    assert (workdir / SFT / "model" / "model.safetensors").read_bytes() == \
-        (ref / "sft" / "model" / "model.safetensors").read_bytes()
+    # the whole model folder (weights, config, tokenizer, training_args.bin), trained in this
+    # folder in two pieces, is the uninterrupted run's, made in another folder
+    files = same_folder(ref, workdir / "results" / EXP, "sft/model")
+    assert "sft/model/model.safetensors" in files and "sft/model/training_args.bin" in files
+    for name in files:
+        assert (workdir / "results" / EXP / name).read_bytes() == (ref / name).read_bytes(), name
     metrics = [json.loads(line) for line in (workdir / SFT / "metrics.jsonl").read_text().splitlines()]
     assert [(m["step"], m["loss"]) for m in metrics if "loss" in m] == losses(expected)  # every step, once
     return summary
@@ -182,59 +172,3 @@ def test_sft_killed_after_its_last_checkpoint_saves_it_without_training(referenc
     assert summary["resumed_from"].endswith(f"checkpoint-{SFT_STEPS}")
     assert "is the run's last step: saving it as the model without training" in \
         (workdir / f"results/{EXP}/logs/sft.log").read_text()
-
-
-# ----------------------------------------------------------------------------- determinism
-
-# Trainer and telemetry fields that measure time, the provenance's run time, and its checkout
-# (which moves when a commit lands between two runs, as on a shared working tree)
-VOLATILE_KEYS = {"seconds", "train_runtime", "train_samples_per_second", "train_steps_per_second", "tokens_per_s",
-                 "git_revision"}
-
-
-def without_volatile(value):
-    if isinstance(value, dict):
-        return {k: without_volatile(v) for k, v in value.items() if k not in VOLATILE_KEYS}
-    if isinstance(value, list):
-        return [without_volatile(v) for v in value]
-    return value
-
-
-def test_two_runs_in_two_directories_are_bit_identical_but_for_timings_and_revision(reference, tmp_path):
-    """The tiny task, the base model, the SFT data and a short SFT, run again in another directory
-    (same machine, same checkout):
-
-    - bit-identical: the tiny task's JSONL files, the base model folder (weights, tokenizer,
-      config), sft_train/sft_val.parquet, the SFT model folder (weights, config, tokenizer,
-      training_args.bin);
-    - identical but for timings and the checkout: every JSON summary and sft/metrics.jsonl.
-      Provenance `seconds`, the Trainer's train_runtime / train_samples_per_second /
-      train_steps_per_second and the telemetry's tokens_per_s measure time; provenance
-      `git_revision` names the checkout (commit, "-dirty" with uncommitted edits), so it differs
-      between runs of different code. Nothing else differs.
-
-    Logs and benchmarks/*.tsv hold timings by design. Generations (diversity samples, eval
-    generations) are seeded per batch and equal to an uninterrupted run's bytes: see the kill
-    tests above. This holds on CPU; GPU kernels (bf16 reductions, atomics, vLLM's batching) are
-    not bit-reproducible, and no claim is made there."""
-    workdir, config, ref = reference
-    snakemake(tmp_path, "--cores", "2", f"{SFT}/train.json", configfiles=[config])
-    again = tmp_path / "results" / EXP
-
-    bit_identical = [f"data/tiny/{split}.jsonl" for split in ("pretrain", "sft", "rl", "test")]
-    bit_identical += ["data/sft_train.parquet", "data/sft_val.parquet"]
-    for folder in ("base/model", "sft/model"):
-        bit_identical += [str(p.relative_to(again)) for p in sorted((again / folder).iterdir())]
-    assert {"base/model/model.safetensors", "sft/model/model.safetensors"} <= set(bit_identical)
-    for name in bit_identical:
-        assert (again / name).read_bytes() == (ref / name).read_bytes(), name
-
-    summaries = ["data/tiny/summary.json", "base/summary.json", "data/sft_data.json", "sft/threshold.json",
-                 "sft/train.json"]
-    for name in summaries:
-        first, second = load(ref / name), load(again / name)
-        assert without_volatile(second) == without_volatile(first), name
-        assert first["provenance"]["seconds"] >= 0
-    metrics = [[json.loads(line) for line in (run / "sft" / "metrics.jsonl").read_text().splitlines()]
-               for run in (ref, again)]
-    assert without_volatile(metrics[0]) == without_volatile(metrics[1])

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow_e2e import MICRO
+from e2e_checks import assert_same_run_up_to_tau
+from micro_run import EXP as MICRO_EXP
+from micro_run import MICRO, write_overlay
 from workflow_helpers import REPO, snakemake
 
 PROFILE = REPO / "profiles" / "slurm"
@@ -120,23 +122,25 @@ def flag(argv: list[str], name: str) -> str | None:
 
 
 @pytest.mark.slow
-def test_micro_threshold_through_the_slurm_profile(tmp_path, monkeypatch):
-    """The DAG up to tau (tiny task, base model, SFT data, threshold) through sbatch: submission,
-    the jobstep executor, the sacct status, a re-run; the later stages' resources are checked from
-    dry runs below, and the whole DAG runs in tests/test_workflow_e2e.py."""
+def test_micro_tau_through_the_slurm_profile_makes_the_local_runs_bytes(micro_run, tmp_path, monkeypatch):
+    """The micro DAG up to tau (tiny task, base model, SFT data, threshold) through sbatch:
+    submission, the jobstep executor, the sacct status, a re-run; and the same bytes as the
+    session's local run of the same experiment in another folder (tests/micro_run.py). The later
+    stages' resources are checked from dry runs below; each job costs two Snakemake start-ups
+    and the plugin's status polling (its interval grows by 10 s while no job ends), so the
+    submission stops at tau."""
     for key, value in fake_slurm(tmp_path).items():
         monkeypatch.setenv(key, value)
     workdir = tmp_path / "work"
     workdir.mkdir()
-    micro = workdir / "micro.yaml"
-    micro.write_text(yaml.safe_dump({"experiments": {EXP: SMALL}}))
+    micro = write_overlay(workdir / "micro.yaml")
+    target = f"results/{MICRO_EXP}/sft/threshold.json"
     started = time.time()
     snakemake(workdir, "--profile", str(PROFILE), "--jobs", "2",
               "--default-resources", "slurm_partition=testpart", "slurm_account=testacct",
               "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
-              f"results/{EXP}/sft/threshold.json", configfiles=[micro], timeout=900)
+              target, configfiles=[micro], timeout=900)
     print(f"micro tau through fake Slurm: {time.time() - started:.0f} s")
-    assert 0 < json.loads((workdir / "results" / EXP / "sft" / "threshold.json").read_text())["tau"] <= 1
 
     submitted = calls(tmp_path, "sbatch")
     rules = {}
@@ -162,10 +166,12 @@ def test_micro_threshold_through_the_slurm_profile(tmp_path, monkeypatch):
     # and a second submission has nothing to do
     # the target before --default-resources, which would read it as one more resource (and after a
     # flag: --configfile, which comes first here, takes every plain argument after it)
-    again = snakemake(workdir, "--profile", str(PROFILE), f"results/{EXP}/sft/threshold.json", "--default-resources",
+    again = snakemake(workdir, "--profile", str(PROFILE), target, "--default-resources",
                       "slurm_partition=testpart", "slurm_account=testacct", configfiles=[micro])
     assert "Nothing to be done" in again.stdout + again.stderr
     assert len(calls(tmp_path, "sbatch")) == len(submitted)
+    # a run through Slurm in one folder and a local run in another: the same bytes
+    assert_same_run_up_to_tau(micro_run.results, workdir / "results" / MICRO_EXP)
 
 
 def test_micro_jobs_after_sft_ask_for_what_their_rules_derive(tmp_path):

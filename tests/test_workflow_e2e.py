@@ -1,51 +1,29 @@
 """The whole DAG on a micro version of `tiny`, run the way a new user runs it: in a `git clone`
-of the repository in an empty folder (nothing beside it), with the Hugging Face Hub offline.
-Every artifact is produced and checked, then the re-run semantics are checked against the
-finished run (dry runs); the paper's experiments are planned in the same clone."""
+of the repository in an empty folder (nothing beside it), with the Hugging Face Hub offline
+(the session's `micro_run`, tests/micro_run.py). Every artifact is produced and checked, then
+the re-run semantics are checked against the finished run (dry runs); the paper's experiments
+are planned in the same clone."""
 
 from __future__ import annotations
 
 import json
 import re
-import time
 
 import pandas as pd
 import pytest
 import yaml
 
 from e2e_checks import assert_diversity_recomputed, assert_sft_telemetry, diversity_golds
-from workflow_helpers import REPO, fresh_clone, offline_env, planned_jobs, snakemake
+from micro_run import EXP, MICRO, SFT_STEPS, in_clone
+from workflow_helpers import REPO, planned_jobs
 
 pytestmark = pytest.mark.slow
 
-EXP = "micro"
 BENCHES = ["aime24", "aime25", "amc23", "math500", "gsm8k", "olympiadbench", "college_math", "gaokao2023en"]
-MICRO = {
-    "extends": "tiny",
-    "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
-                       "vocab_size": 400, "pretrain_problems": 400, "pretrain_steps": 40,
-                       "sft_problems": 80, "rl_problems": 24, "test_problems": 12}},
-    "data": {"sft": {"train_rows": 120, "val_rows": 24}},
-    "threshold": {"max_sequences": 24},
-    "sft": {"max_steps": 6, "per_device_batch_size": 8, "logging_steps": 2},
-    "diversity": {"num_prompts": 3, "prompts_per_benchmark": 1, "num_samples": 4, "max_new_tokens": 24},
-    "rl": {"max_steps": 2, "prompts_per_step": 4, "mini_batch_prompts": 4, "num_generations": 2,
-           "per_device_batch_size": 8, "max_completion_length": 16, "save_steps": 1},
-    "eval": {"limit": 2, "max_new_tokens": 24},
-}
 
 
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory):
-    return fresh_clone(tmp_path_factory.mktemp("fresh"))
-
-
-def in_clone(clone, *args, configfiles=()):
-    """`snakemake <args>` typed in the clone: its own Snakefile, config and package, offline."""
-    return snakemake(clone, *args, configfiles=configfiles, repo=clone, env=offline_env(clone))
-
-
-def test_a_fresh_clone_plans_the_tiny_smollm2_and_llama3b_runs_offline(clone):
+def test_a_fresh_clone_plans_the_tiny_smollm2_and_llama3b_runs_offline(micro_clone):
+    clone = micro_clone
     result = in_clone(clone, "-n", "-p", *(f"results/{exp}/rl_eval.json" for exp in ("tiny", "smollm2", "llama3b")))
     jobs = planned_jobs(result.stdout)
     assert jobs["eval_report"] == 6 and jobs["rl_prompts"] == 3
@@ -58,13 +36,8 @@ def test_a_fresh_clone_plans_the_tiny_smollm2_and_llama3b_runs_offline(clone):
 
 
 @pytest.fixture(scope="module")
-def run(clone, tmp_path_factory):
-    micro = tmp_path_factory.mktemp("overlay") / "micro.yaml"
-    micro.write_text(yaml.safe_dump({"experiments": {EXP: MICRO}}))
-    started = time.time()
-    in_clone(clone, "--cores", "2", f"results/{EXP}/rl_eval.json", configfiles=[micro])
-    print(f"micro DAG: {time.time() - started:.0f} s")
-    return clone, micro
+def run(micro_run):
+    return micro_run.clone, micro_run.config
 
 
 def results(run):
@@ -107,7 +80,7 @@ def test_sft_tokens_have_assistant_only_labels(run):
     tokenizer = AutoTokenizer.from_pretrained(results(run) / "base" / "model")
     train = pd.read_parquet(results(run) / "data" / "sft_train.parquet")
     val = pd.read_parquet(results(run) / "data" / "sft_val.parquet")
-    assert (len(train), len(val)) == (120, 24)
+    assert (len(train), len(val)) == (64, 24)
     source = jsonl(results(run) / "data" / "tiny" / "sft.jsonl")
     for row in train.itertuples():
         ids, labels = list(row.input_ids), list(row.labels)
@@ -143,7 +116,7 @@ def test_models_saved_and_trained(run):
 
     sft = load(results(run) / "sft" / "train.json")
     rl = load(results(run) / "rl" / "train.json")
-    assert sft["global_step"] == 6 and sft["loss"] == "sed" and sft["tau"] is not None
+    assert sft["global_step"] == SFT_STEPS and sft["loss"] == "sed" and sft["tau"] is not None
     assert rl["global_step"] == 2
     models = {s: AutoModelForCausalLM.from_pretrained(results(run) / s / "model") for s in ("base", "sft", "rl")}
     weights = {s: torch.cat([p.flatten() for p in m.parameters()]) for s, m in models.items()}
@@ -185,7 +158,7 @@ def test_sft_telemetry(run):
 def test_eval_contract(run, stage):
     result = load(results(run) / f"{stage}_eval.json")
     assert set(result["benchmarks"]) == set(BENCHES) | {"tiny"}
-    expected_samples = {"aime24": 2, "aime25": 2, "amc23": 2}
+    expected_samples = {"aime24": 2, "aime25": 2, "amc23": 2, "tiny": 2}
     for name, bench in result["benchmarks"].items():
         assert 0 <= bench["accuracy"] <= 100
         assert bench["n_problems"] == (12 if name == "tiny" else 2)
@@ -236,7 +209,8 @@ def test_rerun_loss_reruns_sft_onwards(run):
 
 
 def test_rerun_eval_sampling_reruns_that_benchmark_only(run):
-    per_benchmark = {**yaml.safe_load(open(REPO / "config.yaml"))["experiments"]["tiny"]["eval"]["per_benchmark"]}
+    per_benchmark = {**yaml.safe_load(open(REPO / "config.yaml"))["experiments"]["tiny"]["eval"]["per_benchmark"],
+                     **MICRO["eval"]["per_benchmark"]}
     per_benchmark["aime24"] = {"n": 3, "temperature": 1.0, "top_p": 1.0}
     jobs = _plan(run, _override(run, "aime", {"eval": {**MICRO["eval"], "per_benchmark": per_benchmark}}))
     assert dict(jobs) == {"generate": 2, "grade": 2, "eval_report": 2}
