@@ -1,5 +1,5 @@
 """The micro `tiny` experiment the slow workflow tests share, and the one run of its whole DAG
-that they read (conftest's `micro_run` fixture, once per session):
+that they read (conftest's `micro_run` fixture, once per session, shared by the pytest-xdist workers):
 
 - tests/test_workflow_e2e.py checks every artifact of the run and the re-run semantics on it;
 - tests/test_reliability.py kills stages in a copy of it and compares the re-runs' bytes with it;
@@ -11,13 +11,14 @@ beside it), with the Hugging Face Hub offline."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from workflow_helpers import offline_env, snakemake
+from workflow_helpers import fresh_clone, offline_env, snakemake
 
 EXP = "micro"
 SFT_STEPS, SAVE_STEPS = 12, 4  # 64 rows at batch 8: 8 steps per epoch, so a resumed run crosses an epoch
@@ -62,8 +63,18 @@ def in_clone(clone: Path, *args: str, configfiles=()):
     return snakemake(clone, *args, configfiles=configfiles, repo=clone, env=offline_env(clone))
 
 
-def run_micro(clone: Path, overlay_dir: Path) -> MicroRun:
-    config = write_overlay(overlay_dir / "micro.yaml")
+def shared_micro_run(folder: Path) -> MicroRun:
+    """The micro run in `folder`: made there (a fresh clone of the repository, then the whole DAG)
+    by the first caller, read back by the others (the caller holds a lock around this)."""
+    done = folder / "run.json"
+    if done.exists():
+        record = json.loads(done.read_text())
+        return MicroRun(Path(record["clone"]), Path(record["config"]), record["seconds"])
+    folder.mkdir(parents=True, exist_ok=True)
+    clone = fresh_clone(folder)
+    config = write_overlay(folder / "micro.yaml")
     started = time.time()
     in_clone(clone, "--cores", "2", TARGET, configfiles=[config])
-    return MicroRun(clone, config, time.time() - started)
+    run = MicroRun(clone, config, time.time() - started)
+    done.write_text(json.dumps({"clone": str(run.clone), "config": str(run.config), "seconds": run.seconds}))
+    return run

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 BENCHES = ["aime24", "aime25", "amc23", "math500", "gsm8k", "olympiadbench", "college_math", "gaokao2023en"]
 
 
-def test_a_fresh_clone_plans_the_tiny_smollm2_and_llama3b_runs_offline(micro_clone):
-    clone = micro_clone
+def test_a_fresh_clone_plans_the_tiny_smollm2_and_llama3b_runs_offline(micro_run):
+    clone = micro_run.clone
     result = in_clone(clone, "-n", "-p", *(f"results/{exp}/rl_eval.json" for exp in ("tiny", "smollm2", "llama3b")))
     jobs = planned_jobs(result.stdout)
     assert jobs["eval_report"] == 6 and jobs["rl_prompts"] == 3
