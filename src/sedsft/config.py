@@ -242,10 +242,23 @@ class Experiment:
         return list(self.eval.benchmarks) + (["tiny"] if self.is_tiny else [])
 
 
+# Keys the schema allows in an experiment that no stage reads, so no dataclass holds them:
+# `extends` is merged away, `resources` sizes the jobs (workflow/rules/common.smk).
+WORKFLOW_ONLY_KEYS = frozenset({"extends", "resources"})
+
+
 def _build(cls, value: Any, where: str, **given):
-    """Map a plain dict onto a (nested) dataclass; missing keys are reported by path."""
+    """Map a plain dict onto a (nested) dataclass; missing keys are reported by path, and so is
+    a key the schema let through that the dataclass lacks (the schema is the source of the
+    config's shape; tests/test_config.py checks the dataclasses against it, and a key that
+    slipped past both would otherwise be dropped without a word)."""
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    fields = {field.name for field in dataclasses.fields(cls)}
+    unread = sorted(set(value) - fields - set(given) - (WORKFLOW_ONLY_KEYS if cls is Experiment else set()))
+    if unread:
+        raise ConfigError(f"{where}: {', '.join(map(repr, unread))} allowed by the schema but read by no stage "
+                          f"(sedsft.config.{cls.__name__} has no such field)")
     kwargs = dict(given)
     for field in dataclasses.fields(cls):
         if field.name in given:
