@@ -9,8 +9,9 @@ caller divides by the number of label tokens of the global batch. The method: th
 Encouraging Diversity in Supervised Fine-Tuning"; GEM as in its original code, liziniu/GEM
 `gem_loss_func`.
 
-Adding a loss is one class here with `@register`; the config schema's `sft.loss` enum must list
-its name.
+Adding a loss is one class here with `@register`, plus its float64 reference in
+tests/loss_references.py; tests/test_loss_registry.py checks that the config schema's `sft.loss`
+enum lists it.
 """
 
 from __future__ import annotations
