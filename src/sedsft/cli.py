@@ -114,10 +114,11 @@ def threshold(args, s):
 
 
 def sft(args, s):
+    from sedsft.loss_registry import loss_named
     from sedsft.sft import read_tau, train
 
     cfg = C.section(s, C.SFTConfig, "sft")
-    tau = read_tau(args.threshold) if cfg.loss == "sed" else None
+    tau = read_tau(args.threshold) if loss_named(cfg.loss).needs_tau else None
     return train(args.base, C.section(s, C.ModelConfig, "model"), cfg, s["seed"], args.train, tau,
                  args.out_dir, args.work_dir, metrics_file=args.metrics)
 

@@ -1,4 +1,6 @@
-"""GRPO from the SFT model with TRL's GRPOTrainer, the paper's recipe (DESIGN.md section 2)."""
+"""GRPO from the SFT model with TRL's GRPOTrainer, the recipe of the paper (Chen, Liu, Meng 2026,
+"Selectively Encouraging Diversity in Supervised Fine-Tuning"), whose values are config.yaml's
+`defaults.rl`."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from sedsft.config import ModelConfig, SFTConfig
 from sedsft.hardware import has_cuda, rank, require_precision, start_deepspeed_on_cpu, trainable_dtype, use_bf16
 from sedsft.launch import deepspeed_config, save_final_model, zero_stage
+from sedsft.loss_registry import config_parameters
 from sedsft.losses import LossSettings, causal_lm_loss
 from sedsft.resume import fingerprint, is_final, resume_point, save_checkpoint_as_final, stamp, trainer_state
 
@@ -43,8 +44,7 @@ def pad_collator(pad_token_id: int):
 
 
 def loss_settings(cfg: SFTConfig, tau: float | None) -> LossSettings:
-    return LossSettings(loss=cfg.loss, tau=tau, sed_lambda=cfg.sed_lambda, top_k=cfg.top_k,
-                        gem_beta=cfg.gem_beta, gem_weighting=cfg.gem_weighting)
+    return LossSettings(loss=cfg.loss, tau=tau, **{key: getattr(cfg, key) for key in config_parameters()})
 
 
 class TelemetryWindow:
