@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from sedsft.artifacts import write_text
 from sedsft.benchmarks import BENCHMARKS
 from sedsft.config import settings_hash
 from sedsft.sources import DataError
@@ -335,8 +336,6 @@ def compare(name: str, experiments: list[str], results_dir: str | Path, out_md: 
         plot_training({e: {"sft": sft_curve(runs[e]), "rl": rl_curve(runs[e])} for e in experiments},
                       training_plot, title=f"training: {name}")
         summary["plots"]["training"] = str(training_plot)
-    tmp = out_md.with_name(out_md.name + ".tmp")
-    tmp.write_text(render_markdown(summary, out_md))
-    tmp.replace(out_md)
+    write_text(out_md, render_markdown(summary, out_md))
     summary["markdown"] = str(out_md)
     return summary
