@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from tqdm import tqdm
 
+from sedsft.artifacts import write_json  # noqa: F401 - sedsft.cli writes every summary with it
 from sedsft.chat import IGNORE_INDEX, load_tokenizer, tokenize_conversation
 from sedsft.config import ModelConfig, RLDataConfig, SFTDataConfig
 from sedsft.sources import DataError, get_field, load_rows
@@ -131,11 +131,3 @@ def prepare_benchmark(name: str, source: str, limit: int | None, out: str, tiny_
     return {"benchmark": name, "source": tiny_test or source, "problems": len(rows), "skipped": skipped}
 
 
-def write_json(path: str | Path, payload: dict) -> None:
-    """Write JSON atomically, so a killed job never leaves a half file that looks finished."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-        fh.write("\n")
-    tmp.replace(path)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from sedsft.artifacts import write_jsonl
 from sedsft.benchmarks import BENCHMARKS
 from sedsft.sources import DataError
 from sedsft.metrics import majority_correct, mean, pass_at_k, standard_error
@@ -29,18 +29,19 @@ def grade_file(generations: str, benchmark: str, out: str, *, workers: int, time
             golds.append(problem["answer"])
     with Grader(workers=workers, timeout_s=timeout_s) as grader:
         grades = iter(grader.grade(completions, golds))
-    tmp = Path(out + ".tmp")
-    with open(tmp, "w") as fh:
+
+    def rows():
         for problem in problems:
             samples = [next(grades) for _ in generated[problem["id"]]["completions"]]
-            fh.write(json.dumps({
+            yield {
                 "id": problem["id"],
                 "answer": problem["answer"],
                 "correct": [g.correct for g in samples],
                 "extracted": [g.extracted for g in samples],
                 "status": [g.status for g in samples],
-            }) + "\n")
-    tmp.replace(out)
+            }
+
+    write_jsonl(out, rows())
     return {"graded": len(completions)}
 
 

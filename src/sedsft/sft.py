@@ -7,8 +7,8 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 
+from sedsft.artifacts import write_jsonl
 from sedsft.config import ModelConfig, SFTConfig
 from sedsft.hardware import has_cuda, rank, require_precision, start_deepspeed_on_cpu, trainable_dtype, use_bf16
 from sedsft.launch import deepspeed_config, save_final_model, zero_stage
@@ -235,9 +235,7 @@ def write_metrics(path: str, history: list[dict]) -> None:
     once at the end from the log history, which a resumed run restores from its checkpoint: the
     file is whole after a kill and a resume, and never exists half-written. (While training,
     the same lines go to the log.)"""
-    tmp = Path(path + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    tmp.replace(path)
+    write_jsonl(path, history)
 
 
 def read_tau(threshold_file: str) -> float:
