@@ -339,3 +339,22 @@ def compare(name: str, experiments: list[str], results_dir: str | Path, out_md: 
     artifacts.write_text(out_md, render_markdown(summary, out_md))
     summary["markdown"] = str(out_md)
     return summary
+
+
+# ----------------------------------------------------------------------------- the compare stage
+
+
+def compare_arguments(parser) -> None:
+    # --experiment names the comparison (config.yaml's `comparisons`)
+    parser.add_argument("--results", required=True,
+                        help="the folder holding results/<experiment>/ of each compared experiment (the workflow's)")
+    parser.add_argument("--out-md", required=True, help="<comparison>.md this stage writes: the tables")
+    parser.add_argument("--pass-at-k-plot", help="PNG this stage writes: the SFT models' pass@k curves")
+    parser.add_argument("--diversity-plot", help="PNG this stage writes: the SFT models' diversity metrics")
+    parser.add_argument("--training-plot", help="PNG this stage writes: the SFT and RL training curves")
+
+
+def run_compare(args, settings: dict) -> dict:
+    return compare(settings["comparison"], settings["experiments"], args.results, args.out_md,
+                   pass_at_k_plot=args.pass_at_k_plot, diversity_plot=args.diversity_plot,
+                   training_plot=args.training_plot, settings=settings.get("settings"))

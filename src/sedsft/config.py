@@ -18,25 +18,13 @@ from typing import Any
 
 import yaml
 
+from sedsft.stages import STAGES
+
 SCHEMA_RELPATH = Path("workflow") / "schemas" / "config.schema.yaml"
 
-# The sections each stage reads. A rule passes exactly these to its command (as `params`),
-# so editing one section re-runs only the stages that read it.
+# The sections each stage reads (sedsft.stages declares them with the stage).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "tiny_task": ("seed", "system_prompt", "model.tiny"),
-    "base_model": ("seed", "system_prompt", "model"),
-    "sft_data": ("seed", "system_prompt", "model", "data.sft"),
-    "rl_prompts": ("seed", "system_prompt", "data.rl"),
-    "benchmark": ("benchmarks_dir", "eval.limit"),
-    "threshold": ("seed", "model", "threshold", "sft.top_k", "sft.ratio"),
-    "sft": ("seed", "model", "sft"),
-    "diversity": ("seed", "system_prompt", "model.trust_remote_code", "diversity"),
-    "rl": ("seed", "model.trust_remote_code", "rl"),
-    # plus the one benchmark's sampling settings: see generate_settings()
-    "generate": ("seed", "system_prompt", "model.trust_remote_code", "eval.backend",
-                 "eval.tensor_parallel_size", "eval.batch_size", "eval.max_new_tokens"),
-    "grade": ("eval.grading_workers", "eval.grading_timeout_s"),
-}
+    name: stage.sections for name, stage in STAGES.items() if stage.sections is not None}
 
 
 class ConfigError(ValueError):

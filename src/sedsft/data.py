@@ -7,9 +7,8 @@ import re
 
 from tqdm import tqdm
 
-from sedsft.artifacts import write_json  # noqa: F401 - sedsft.cli writes every summary with it
 from sedsft.chat import IGNORE_INDEX, load_tokenizer, tokenize_conversation
-from sedsft.config import ModelConfig, RLDataConfig, SFTDataConfig
+from sedsft.config import ModelConfig, RLDataConfig, SFTDataConfig, section
 from sedsft.sources import DataError, get_field, load_rows
 
 CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<48/2=24>>" annotations
@@ -131,3 +130,45 @@ def prepare_benchmark(name: str, source: str, limit: int | None, out: str, tiny_
     return {"benchmark": name, "source": tiny_test or source, "problems": len(rows), "skipped": skipped}
 
 
+# ----------------------------------------------------------------------------- the data stages
+
+
+def sft_data_arguments(parser) -> None:
+    parser.add_argument("--source", required=True,
+                        help="data.sft.source: a Hub dataset id, a local JSONL/Parquet file, or the tiny task's "
+                             "sft.jsonl (written by tiny_task)")
+    parser.add_argument("--tokenizer", required=True,
+                        help="the base model (folder written by base_model, or a Hub id): its tokenizer and "
+                             "chat template")
+    parser.add_argument("--train-out", required=True, help="sft_train.parquet this stage writes (token ids, labels)")
+    parser.add_argument("--val-out", required=True,
+                        help="sft_val.parquet this stage writes (threshold calibrates on it)")
+
+
+def run_sft_data(args, settings: dict) -> dict:
+    return prepare_sft(args.source, section(settings, SFTDataConfig, "data.sft"),
+                       section(settings, ModelConfig, "model"), args.tokenizer, settings["system_prompt"],
+                       args.train_out, args.val_out)
+
+
+def rl_prompts_arguments(parser) -> None:
+    parser.add_argument("--source", required=True,
+                        help="data.rl.source: a Hub dataset id, a local JSONL/Parquet file, or the tiny task's "
+                             "rl.jsonl (written by tiny_task)")
+    parser.add_argument("--out", required=True, help="rl_prompts.parquet this stage writes (prompt, gold answer)")
+
+
+def run_rl_prompts(args, settings: dict) -> dict:
+    return prepare_rl_prompts(args.source, section(settings, RLDataConfig, "data.rl"), settings["system_prompt"],
+                              args.out)
+
+
+def benchmark_data_arguments(parser) -> None:
+    parser.add_argument("--name", required=True, help="the benchmark (sedsft.benchmarks.BENCHMARKS, or tiny)")
+    parser.add_argument("--out", required=True, help="<bench>.parquet this stage writes (id, problem, answer)")
+    parser.add_argument("--tiny-test", help="the tiny task's test.jsonl (written by tiny_task): the problems of "
+                                            "the tiny benchmark")
+
+
+def run_benchmark_data(args, settings: dict) -> dict:
+    return prepare_benchmark(args.name, settings["benchmarks_dir"], settings["eval"]["limit"], args.out, args.tiny_test)

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sedsft.stages import STAGES
+
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"
 
 
@@ -64,7 +66,7 @@ def rl_command_prefix(rl: dict, model_dir: str, across_nodes: bool = False, trus
 
 # ----------------------------------------------------------------------------- GPUs of a job
 
-GPU_STAGES = ("threshold", "sft", "diversity", "rl", "generate")
+GPU_STAGES = tuple(name for name, stage in STAGES.items() if stage.gpus)
 
 
 def job_gpus(stage: str, settings: dict, uses_gpus: bool) -> int:

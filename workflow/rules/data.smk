@@ -124,9 +124,9 @@ rule benchmark_data:
         mem_mb=mem_mb("benchmark_data"),
         runtime=runtime("benchmark_data"),
     params:
-        settings=stage_json("benchmark"),
+        settings=stage_json("benchmark_data"),
         tiny_test=lambda w, input: f"--tiny-test {input.tiny_test}" if input.tiny_test else "",
     shell:
-        "sedsft benchmark --experiment {wildcards.exp} --settings {params.settings:q}"
+        "sedsft benchmark-data --experiment {wildcards.exp} --settings {params.settings:q}"
         " --name {wildcards.bench} {params.tiny_test} --out {output.problems}"
         " --summary {output.summary} > {log} 2>&1"

@@ -96,6 +96,6 @@ rule eval_report:
         diversity=lambda w, input: f"--diversity {input.diversity}" if input.diversity else "",
         baseline=lambda w, input: f"--baseline {input.baseline}" if input.baseline else "",
     shell:
-        "sedsft report --experiment {wildcards.exp} --settings '{{}}' --model {params.model:q}"
+        "sedsft eval-report --experiment {wildcards.exp} --settings '{{}}' --model {params.model:q}"
         " --label {wildcards.stage} --graded {params.graded} --generation-meta {params.generation}"
         " --bench-meta {params.bench} {params.diversity} {params.baseline} --out-md {output.table} --summary {output.result} > {log} 2>&1"
