@@ -7,7 +7,7 @@ import re
 
 from tqdm import tqdm
 
-from sedsft.chat import IGNORE_INDEX, load_tokenizer, tokenize_conversation
+from sedsft.chat import IGNORE_INDEX, load_tokenizer, prompt_messages, tokenize_conversation
 from sedsft.config import ModelConfig, RLDataConfig, SFTDataConfig, section
 from sedsft.sources import DataError, get_field, load_rows
 
@@ -49,8 +49,7 @@ def conversation_of(row: dict, cfg: SFTDataConfig, system_prompt: str, source: s
             messages.insert(0, {"role": "system", "content": system_prompt})
     else:
         messages = [
-            {"role": "system", "content": system_prompt},
-            {"role": "user", "content": str(get_field(row, cfg.question_field, source, index))},
+            *prompt_messages(system_prompt, str(get_field(row, cfg.question_field, source, index))),
             {"role": "assistant", "content": _answer(row, cfg.answer_field, cfg.answer_format, False, source, index)},
         ]
     return messages
@@ -106,7 +105,7 @@ def prepare_rl_prompts(source: str, cfg: RLDataConfig, system_prompt: str, out: 
             raise DataError(f"{source}: row {index} has an empty {'question' if not question else 'answer'}")
         records.append({
             "id": str(row.get("id", index)),
-            "prompt": [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}],
+            "prompt": prompt_messages(system_prompt, question),
             "answer": answer,
         })
     pd.DataFrame(records).to_parquet(out, index=False)

@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from sedsft.chat import prompt_messages
 from sedsft.config import PACKAGED_EMBEDDING_MODEL, DiversityConfig, section
 from sedsft.metrics import count_distinct, distinct_n, mean, pass_at_k, self_bleu, semantic_diversity
 
@@ -48,8 +49,7 @@ def select_benchmark_prompts(benchmark_files: Sequence[str], per_benchmark: int,
         rows = pd.read_parquet(path).to_dict("records")
         random.Random(f"{seed}/{bench}").shuffle(rows)  # a str seed is stable across runs
         prompts += [{"id": f"{bench}/{r['id']}", "source": bench,
-                     "messages": [{"role": "system", "content": system_prompt},
-                                  {"role": "user", "content": r["problem"]}],
+                     "messages": prompt_messages(system_prompt, r["problem"]),
                      "answer": str(r["answer"])} for r in rows[:per_benchmark]]
     return prompts
 

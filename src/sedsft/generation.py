@@ -276,13 +276,14 @@ def generate_arguments(parser) -> None:
 def run_generate(args, settings: dict) -> dict:
     import pandas as pd
 
+    from sedsft.chat import prompt_messages
+
     ev = settings["eval"]
     sampling = SamplingSettings(n=ev["sampling"]["n"], temperature=ev["sampling"]["temperature"],
                                 top_p=ev["sampling"]["top_p"], max_new_tokens=ev["max_new_tokens"],
                                 seed=settings["seed"])
     problems = pd.read_parquet(args.benchmark).to_dict("records")
-    prompts = [{"id": p["id"], "messages": [{"role": "system", "content": settings["system_prompt"]},
-                                            {"role": "user", "content": p["problem"]}]} for p in problems]
+    prompts = [{"id": p["id"], "messages": prompt_messages(settings["system_prompt"], p["problem"])} for p in problems]
     return generate_to_file(args.model, prompts, args.out, sampling, backend=ev["backend"],
                             batch_size=ev["batch_size"], trust_remote_code=settings["model"]["trust_remote_code"],
                             tensor_parallel_size=ev["tensor_parallel_size"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sedsft.chat import prompt_messages
 from sedsft.config import ConfigError, GGUFConfig, TinyModelConfig, section
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -70,7 +71,7 @@ def build_model(tokenizer, cfg: TinyModelConfig, seed: int):
 
 
 def conversation(system_prompt: str, question: str, answer: str | None = None) -> list[dict]:
-    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+    messages = prompt_messages(system_prompt, question)
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages
