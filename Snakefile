@@ -22,6 +22,6 @@ include: "workflow/rules/compare.smk"
 rule all:
     default_target: True
     input:
-        "results/tiny/rl_eval.json",
-        "results/tiny/sft_eval.json",
-        "results/tiny/sft/diversity.json",
+        artifacts.eval_result("rl", "tiny"),
+        artifacts.eval_result("sft", "tiny"),
+        artifacts.diversity_summary("sft", "tiny"),

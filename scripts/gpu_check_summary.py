@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.metadata
 import importlib.util
 import json
 import math
@@ -28,6 +27,13 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if importlib.util.find_spec("sedsft") is None:  # run by hand, outside gpu_check.sh and an install
+    sys.path.append(str(REPO / "src"))
+
+from sedsft import artifacts  # noqa: E402 - the standard library only, so a broken stack still gets its summary
+from sedsft.artifacts import read_json_or_none as read_json, read_jsonl_lines_that_parse as read_jsonl  # noqa: E402
+
+# what the probe reports (the stack a GPU run needs), beside what provenance records in artifacts
 PACKAGES = ("torch", "transformers", "accelerate", "trl", "deepspeed", "datasets", "snakemake",
             "math-verify", "jsonschema", "pandas", "pyarrow", "vllm")
 BENCH_METHODS = ("naive_ce", "upstream_sed", "fused_ce", "fused_sed", "checkpointed_sed")
@@ -36,6 +42,12 @@ STAGE_ORDER = ("tiny_task", "base_model", "sft_data", "rl_prompts", "benchmark_d
                "diversity_sft", "generate_sft", "grade_sft", "eval_report_sft", "rl", "generate_rl",
                "grade_rl", "eval_report_rl", "diversity_rl")
 WIDTH = 78
+# what the summary reads inside the experiment folder --results names
+TIMINGS = artifacts.relative(artifacts.job_timing("*"))
+SFT_METRICS = artifacts.relative(artifacts.sft_metrics())
+SFT_TRAIN = artifacts.relative(artifacts.train_summary("sft"))
+SFT_MODEL = artifacts.relative(artifacts.model("sft"))
+RL_TRAIN = artifacts.relative(artifacts.train_summary("rl"))
 
 
 # ----------------------------------------------------------------------------- JSON store
@@ -45,14 +57,7 @@ def update_json(path: Path, key: str, value) -> None:
     data = read_json(path) or {}
     data[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str))
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
+    artifacts.write_text(path, json.dumps(data, indent=1, default=str))
 
 
 # ----------------------------------------------------------------------------- env
@@ -72,16 +77,12 @@ def probe_env() -> dict:
     """What this machine offers: GPUs (nvidia-smi and torch), package versions, vLLM."""
     import platform
 
+    from sedsft.provenance import package_versions
+
     env: dict = {"python": platform.python_version(), "nvidia_smi": _run(["nvidia-smi", "-L"]),
                  "gpu_query": _run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
                                     "--format=csv,noheader"])}
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    env["packages"] = versions
+    versions = env["packages"] = package_versions(PACKAGES)
     env["vllm"] = importlib.util.find_spec("vllm") is not None
     spec = importlib.util.find_spec("sedsft")
     env["sedsft_from"] = str(Path(spec.origin).parent) if spec and spec.origin else None
@@ -260,7 +261,7 @@ def workflow_errors(path: Path) -> list[str]:
 
 def stage_times(results: Path) -> list[str]:
     groups: dict[str, list[tuple[float, float | None]]] = {}
-    for tsv in sorted((results / "benchmarks").glob("*.tsv")):
+    for tsv in sorted(results.glob(TIMINGS)):
         try:
             with open(tsv) as fh:
                 row = next(csv.DictReader(fh, delimiter="\t"))
@@ -286,26 +287,12 @@ def stage_times(results: Path) -> list[str]:
     return lines
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    records = []
-    try:
-        with open(path) as fh:
-            for line in fh:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue
-    except OSError:
-        pass
-    return records
-
-
 def sft_lines(results: Path) -> list[str]:
-    records = read_jsonl(results / "sft" / "metrics.jsonl")
-    train = read_json(results / "sft" / "train.json") or {}
+    records = read_jsonl(results / SFT_METRICS)
+    train = read_json(results / SFT_TRAIN) or {}
     logged = [r for r in records if "loss" in r]
     if not logged and not train:
-        return ["SFT       : no sft/metrics.jsonl or sft/train.json"]
+        return [f"SFT       : no {SFT_METRICS} or {SFT_TRAIN}"]
     parts = []
     if logged:
         last = logged[-1]
@@ -323,16 +310,16 @@ def sft_lines(results: Path) -> list[str]:
     if train:
         parts.append(f"steps {train.get('global_step')}, deepspeed {train.get('deepspeed')}, "
                      f"world size {train.get('world_size')}, loss {train.get('loss')} ({train.get('loss_impl')})")
-    saved = read_json(results / "sft" / "model" / "config.json")
+    saved = read_json(results / SFT_MODEL / "config.json")
     if saved:  # bf16 training saves a bf16 model
         parts.append(f"saved dtype {saved.get('dtype') or saved.get('torch_dtype')}")
     return ["SFT       : " + "; ".join(parts)]
 
 
 def rl_lines(results: Path) -> list[str]:
-    train = read_json(results / "rl" / "train.json")
+    train = read_json(results / RL_TRAIN)
     if not train:
-        return ["GRPO      : no rl/train.json"]
+        return [f"GRPO      : no {RL_TRAIN}"]
     logged = [r for r in train.get("log_history", []) if "reward" in r]
     parts = [f"{train.get('global_step')} steps, {train.get('prompts')} prompts"]
     if logged:
@@ -349,9 +336,10 @@ def rl_lines(results: Path) -> list[str]:
 def eval_lines(results: Path, env: dict | None) -> list[str]:
     lines, backends = [], set()
     for stage in ("sft", "rl"):
-        report = read_json(results / f"{stage}_eval.json")
+        path = artifacts.relative(artifacts.eval_result(stage))
+        report = read_json(results / path)
         if not report:
-            lines.append(f"  {stage}: no {stage}_eval.json")
+            lines.append(f"  {stage}: no {path}")
             continue
         benches = report.get("benchmarks", {})
         backends |= {b.get("backend") for b in benches.values() if b.get("backend")}
@@ -424,7 +412,7 @@ def summary(logs: Path, results: Path, elapsed: float | None = None) -> str:
             out.append(f"{name:<10}: {pytest_line(logs / (step.get('log') or f'{name}.log')) or 'no result line'}")
     workflow = by_name.get("workflow")
     stale = " - NOT run this time: from an earlier run" if workflow and workflow["status"] == "SKIPPED" else ""
-    out.append(f"workflow  : per-rule wall time ({results}/benchmarks/*.tsv){stale}")
+    out.append(f"workflow  : per-rule wall time ({results}/{TIMINGS}){stale}")
     times = stage_times(results)
     out += times or ["  (no timings)"]
     if workflow and workflow["status"] == "FAILED":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sedsft.chat import IGNORE_INDEX, assistant_spans, tokenize_conversation
+from sedsft.chat import IGNORE_INDEX, assistant_spans, prompt_messages, tokenize_conversation
 from sedsft.tinymodel import build_tokenizer
 
 TEXTS = [
@@ -201,3 +201,16 @@ def test_a_tokenizer_loaded_offline_saves_what_one_loaded_online_does(tiny_model
         load_tokenizer(tiny_model).save_pretrained(tmp_path / str(offline))
         saved[offline] = (tmp_path / str(offline) / "tokenizer_config.json").read_bytes()
     assert saved[True] == saved[False] and b"local_files_only" not in saved[True]
+
+
+def test_every_prompt_is_built_by_prompt_messages():
+    """SFT, RL, diversity, evaluation and tiny pretraining prompts share one builder (a mismatch
+    between them costs accuracy): no other module writes a system or user turn."""
+    from pathlib import Path
+
+    import sedsft
+
+    assert prompt_messages("S", "P") == [{"role": "system", "content": "S"}, {"role": "user", "content": "P"}]
+    src = Path(sedsft.__file__).parent
+    writers = sorted(p.name for p in src.glob("*.py") if '"role": "user"' in p.read_text())
+    assert writers == ["chat.py"]

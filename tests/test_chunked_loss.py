@@ -1,7 +1,7 @@
 """Tests for sedsft.chunked_loss: the chunked losses equal the full-logits losses.
 
 References: `losses.token_losses` by autograd on the full logits hidden @ weight.T (the module's
-own reference path), and a float64 re-statement of the formulas (as in tests/test_losses.py).
+own reference path), and the float64 re-statement of the formulas in tests/loss_references.py.
 Liger-Kernel style: parametrised over losses, odd shapes with ignored rows, chunk sizes that do
 and do not divide the row count, fp32 and bf16 inputs."""
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from loss_references import CASES, case_settings, reference_f64, reference_per_token_f64
 from sedsft.chunked_loss import STAT_NAMES, checkpointed_lm_loss, fused_linear_loss, lm_loss
 from sedsft.memory import LargestOutput
 from sedsft.losses import LossSettings, causal_lm_loss, token_losses
@@ -19,35 +20,10 @@ IGNORE = -100
 IMPLS = ("fused", "checkpointed")
 SHAPES = {"41x9x37": (41, 9, 37), "64x16x130": (64, 16, 130)}  # N rows, H hidden, V vocab
 CHUNKS = (1, 7, 16, 1000)
-LOSS_NAMES = ("ce", "sed", "sed_l3_k3", "sed_nomask", "gem_linear", "gem_logsigmoid", "dft")
+LOSS_NAMES = tuple(CASES)  # every case of every registered loss
 
 
 # ------------------------------------------------------------------ float64 reference
-
-
-def reference_per_token_f64(z: torch.Tensor, y: torch.Tensor, s: LossSettings) -> torch.Tensor:
-    """Per-token losses [n] from the formulas (DESIGN.md section 1) in float64; z [n, V]."""
-    z = z.double()
-    log_p = torch.log_softmax(z, dim=-1)
-    p = log_p.exp()
-    p_y = p.gather(-1, y[:, None]).squeeze(-1)
-    ce = -log_p.gather(-1, y[:, None]).squeeze(-1)
-    if s.loss == "ce":
-        return ce
-    if s.loss in ("sed", "sed_nomask"):
-        if s.loss == "sed":
-            mask = (p.detach().topk(s.top_k, -1).values.sum(-1) < s.tau).double()  # no gradient
-        else:
-            mask = torch.ones_like(ce)
-        return ce + s.sed_lambda * mask * (p_y - 0.5) ** 2
-    if s.loss == "gem":
-        zc = z.detach()
-        q = torch.softmax(zc / s.gem_beta, -1)
-        w = torch.sigmoid(0.01 * (zc - zc.gather(-1, y[:, None]))) if s.gem_weighting == "logsigmoid" else 1.0
-        return -(q * w * (log_p.gather(-1, y[:, None]) - log_p)).sum(-1)  # GEM's gem_loss_func
-    if s.loss == "dft":
-        return ce * p_y.detach()
-    raise AssertionError(s.loss)
 
 
 def reference_stats_f64(z: torch.Tensor, y: torch.Tensor, s: LossSettings) -> dict[str, float]:
@@ -55,11 +31,8 @@ def reference_stats_f64(z: torch.Tensor, y: torch.Tensor, s: LossSettings) -> di
     z = z.detach().double()
     p = torch.softmax(z, -1)
     ce = -torch.log_softmax(z, -1).gather(-1, y[:, None]).squeeze(-1)
-    total = reference_per_token_f64(z, y, s)
-    if s.loss == "sed":
-        masked = int((p.topk(s.top_k, -1).values.sum(-1) < s.tau).sum())
-    else:
-        masked = len(y) if s.loss == "sed_nomask" else 0
+    total, mask = reference_f64(z, y, s)
+    masked = int(mask.sum()) if mask is not None else 0
     return {"ce_sum": ce.sum().item(), "extra_sum": (total - ce).sum().item(), "masked": masked,
             "entropy_sum": -(p * p.log()).sum().item(), "correct": int((z.argmax(-1) == y).sum()),
             "tokens": len(y)}
@@ -90,13 +63,7 @@ def midpoint_tau(z: torch.Tensor, k: int) -> float:
 
 
 def settings_for(name: str, z_kept: torch.Tensor) -> LossSettings:
-    if name == "sed":
-        return LossSettings("sed", tau=midpoint_tau(z_kept, 2), sed_lambda=1.0, top_k=2)
-    if name == "sed_l3_k3":
-        return LossSettings("sed", tau=midpoint_tau(z_kept, 3), sed_lambda=3.0, top_k=3)
-    if name.startswith("gem"):
-        return LossSettings("gem", gem_beta=0.7, gem_weighting=name.split("_")[1])
-    return LossSettings(name)
+    return case_settings(name, lambda k: midpoint_tau(z_kept, k))
 
 
 def kept_logits(hidden, weight, targets):

@@ -6,6 +6,7 @@ Test configs are the real config.yaml loaded with yaml and mutated, so the tests
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import copy
 import re
 import shutil
@@ -513,3 +514,111 @@ def test_a_benchmarks_folder_missing_one_benchmark_is_named(tmp_path):
     path = write_config(tmp_path / "repo", raw)
     with pytest.raises(ConfigError, match=r"benchmarks_dir: .* has no gaokao2023en/test.jsonl"):
         load_experiment(path, "tiny")
+
+
+# ------------------------------------------------------------------ one source for the config's shape
+# The JSON schema is the source (names, types, enums, help); the typed dataclasses are checked
+# against it here, and sedsft.config refuses a key the schema allows but no dataclass reads.
+
+SCHEMA_TYPES = {"integer": int, "number": (int, float), "boolean": bool, "string": str, "array": list,
+                "object": dict, "null": type(None)}
+
+
+def schema() -> dict:
+    return yaml.safe_load((REPO / SCHEMA_RELPATH).read_text())
+
+
+def resolved(node: dict, defs: dict) -> dict:
+    while "$ref" in node:
+        node = {**defs[node["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def annotation_types(annotation: str) -> set[str]:
+    """The schema type names a dataclass annotation (a string, PEP 563) admits."""
+    import sedsft.config as config
+
+    names = set()
+    for part in annotation.split(" | "):
+        base = part.split("[", 1)[0]
+        names.add({"int": "integer", "float": "number", "bool": "boolean", "str": "string", "list": "array",
+                   "dict": "object", "None": "null"}.get(base, "object" if hasattr(config, base) else base))
+    return names
+
+
+def shape_pairs():
+    """(where, dataclass, schema node) for every section of an experiment, recursively."""
+    import sedsft.config as config
+
+    defs = schema()["$defs"]
+    pending = [("experiment", Experiment, resolved(defs["experiment"], defs))]
+    while pending:
+        where, cls, node = pending.pop()
+        yield where, cls, node
+        for field in dataclasses.fields(cls):
+            sub = node.get("properties", {}).get(field.name)
+            target = field.type.replace(" | None", "")
+            if sub is None:
+                continue
+            sub = resolved(sub, defs)
+            if target.startswith("dict[str, "):
+                inner = target[len("dict[str, "):-1]
+                pending.append((f"{where}.{field.name}.*", getattr(config, inner),
+                                resolved(sub["additionalProperties"], defs)))
+            elif dataclasses.is_dataclass(getattr(config, target, None)):
+                pending.append((f"{where}.{field.name}", getattr(config, target), sub))
+
+
+def test_every_schema_key_is_a_dataclass_field_and_back():
+    from sedsft.config import WORKFLOW_ONLY_KEYS
+
+    pairs = list(shape_pairs())
+    assert len(pairs) >= 12  # every section: experiment, model (+ tiny, gguf), data (+ sft, rl), ...
+    for where, cls, node in pairs:
+        fields = {field.name for field in dataclasses.fields(cls)}
+        keys = set(node["properties"])
+        if cls is Experiment:  # the name is the experiments key; benchmarks_dir is a top-level key
+            assert fields - keys == {"name", "benchmarks_dir"} and "benchmarks_dir" in schema()["properties"]
+            keys -= WORKFLOW_ONLY_KEYS
+            fields -= {"name", "benchmarks_dir"}
+        assert fields == keys, f"{where}: only in {cls.__name__}: {sorted(fields - keys)}, only in the schema: " \
+                               f"{sorted(keys - fields)}"
+        assert node.get("additionalProperties") is False, f"{where}: the schema must refuse unknown keys"
+
+
+def test_every_field_type_is_the_schema_type():
+    defs = schema()["$defs"]
+    for where, cls, node in shape_pairs():
+        for field in dataclasses.fields(cls):
+            sub = node["properties"].get(field.name)
+            if sub is None:
+                continue
+            sub = resolved(sub, defs)
+            declared = sub.get("type")
+            if declared is None:  # an enum: the type of its values
+                declared = sorted({next(n for n, t in SCHEMA_TYPES.items() if type(v) is t) for v in sub["enum"]})
+            declared = {declared} if isinstance(declared, str) else set(declared)
+            admitted = annotation_types(field.type)
+            if "number" in admitted:
+                admitted.add("integer")
+            assert declared <= admitted, f"{where}.{field.name}: schema {sorted(declared)}, {cls.__name__} {field.type}"
+
+
+def test_the_python_enums_are_the_schema_enums():
+    from sedsft.config import DIVERSITY_SOURCES
+    from sedsft.losses import LOSSES
+
+    props = schema()["$defs"]["experiment"]["properties"]
+    assert set(DIVERSITY_SOURCES) == set(props["diversity"]["properties"]["sources"]["items"]["enum"])
+    assert set(LOSSES) == set(props["sft"]["properties"]["loss"]["enum"])
+
+
+def test_a_key_the_schema_allows_but_no_dataclass_reads_is_refused():
+    settings = settings_of("tiny")
+    settings["sft"]["unread"] = 1
+    with pytest.raises(ConfigError, match=r"experiments.tiny.sft: 'unread' allowed by the schema but read by no "
+                                          r"stage \(sedsft.config.SFTConfig has no such field\)"):
+        parse_experiment(settings, "tiny")
+    settings = settings_of("tiny")
+    settings["resources"] = {"gpus": "auto"}  # sizes the jobs; read by the workflow, not a stage
+    parse_experiment(settings, "tiny")

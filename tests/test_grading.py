@@ -281,7 +281,7 @@ def test_the_in_process_timeout_fires_and_is_remembered(monkeypatch):
     """A comparison that would take 30 s is cut at timeout_s (status "timeout", the extracted
     answer kept), on any machine; the same pair again is answered from the timeout cache without
     running it; an earlier timer of the caller's survives."""
-    import sedsft.grading as grading
+    import sedsft.answers as answers
 
     calls = []
 
@@ -290,8 +290,8 @@ def test_the_in_process_timeout_fires_and_is_remembered(monkeypatch):
         time.sleep(30)
         return True, "ok"
 
-    monkeypatch.setattr(grading, "_compare", slow)
-    monkeypatch.setattr(grading, "_TIMEOUT_CACHE", grading.collections.OrderedDict())
+    monkeypatch.setattr(answers, "_compare", slow)
+    monkeypatch.setattr(answers, "_TIMEOUT_CACHE", answers.collections.OrderedDict())
     fired = []
     previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
     signal.setitimer(signal.ITIMER_REAL, 5.0)  # the caller's own timer, re-armed afterwards
@@ -312,11 +312,11 @@ def test_an_answer_slow_to_parse_is_not_parsed_again_for_every_comparison(monkey
     pathological answer whose parse runs out of time costs one timeout for all those
     comparisons, not one each (a maj@8 over hostile samples took 5 s per pair); given more time
     it is tried again; the answer it is compared with is not blamed."""
-    import sedsft.grading as grading
+    import sedsft.answers as answers
 
-    monkeypatch.setattr(grading, "_SLOW_PARSES", grading.collections.OrderedDict())
-    monkeypatch.setattr(grading, "_TIMEOUT_CACHE", grading.collections.OrderedDict())
-    real, parsed = grading._parse_answer, []
+    monkeypatch.setattr(answers, "_SLOW_PARSES", answers.collections.OrderedDict())
+    monkeypatch.setattr(answers, "_TIMEOUT_CACHE", answers.collections.OrderedDict())
+    real, parsed = answers._parse_answer, []
 
     def parse(answer):
         parsed.append(answer)
@@ -324,7 +324,7 @@ def test_an_answer_slow_to_parse_is_not_parsed_again_for_every_comparison(monkey
             time.sleep(30)
         return real(answer)
 
-    monkeypatch.setattr(grading, "_parse_answer", parse)
+    monkeypatch.setattr(answers, "_parse_answer", parse)
     others = ["1", "2", "x+1", "\\frac{1}{2}", "7"]
     assert not any(answers_equivalent("SLOW", other, timeout_s=0.3) for other in others)
     assert parsed.count("SLOW") == 1

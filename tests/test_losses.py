@@ -1,5 +1,6 @@
-"""Tests for sedsft.losses against a plain per-token float64 reference written from the formulas
-(module docstring; DESIGN.md section 1), forward and gradient, fp32 and bf16 inputs."""
+"""Tests for sedsft.losses against the float64 references of tests/loss_references.py, written
+from the formulas (the classes' docstrings in sedsft.loss_registry; the paper: Chen, Liu, Meng
+2026), forward and gradient, fp32 and bf16 inputs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 import pytest
 import torch
 
+from loss_references import CASES, case_settings, reference_per_token_f64
+from sedsft.loss_registry import loss_named
 from sedsft.losses import LossSettings, causal_lm_loss, token_losses, top_k_mass
 
 B, T, V = 3, 7, 11
@@ -17,42 +20,20 @@ IGNORE = -100
 # ------------------------------------------------------------------ the reference
 
 
-def reference_token_loss(z: torch.Tensor, y: int, s: LossSettings) -> torch.Tensor:
-    """One token's loss from the formula, z: logits [V] (float64), y: the target id."""
-    p = torch.softmax(z, dim=-1)
-    log_p = torch.log_softmax(z, dim=-1)
-    ce = -log_p[y]
-    if s.loss == "ce":
-        return ce
-    if s.loss in ("sed", "sed_nomask"):
-        if s.loss == "sed":
-            top_k = sorted(p.detach().tolist(), reverse=True)[: s.top_k]
-            mask = 1.0 if sum(top_k) < s.tau else 0.0  # a comparison: no gradient
-        else:
-            mask = 1.0
-        return ce + s.sed_lambda * mask * (p[y] - 0.5) ** 2
-    if s.loss == "gem":
-        z_const = z.detach()
-        q = torch.softmax(z_const / s.gem_beta, dim=-1)
-        w = torch.sigmoid(0.01 * (z_const - z_const[y])) if s.gem_weighting == "logsigmoid" else torch.ones_like(q)
-        return -sum(q[v] * w[v] * (log_p[y] - log_p[v]) for v in range(len(z)))  # GEM's gem_loss_func
-    if s.loss == "dft":
-        return ce * p[y].detach()
-    raise AssertionError(s.loss)
-
-
 def reference_batch_loss(logits: torch.Tensor, labels: torch.Tensor, s: LossSettings,
                          num_items: int | None = None) -> torch.Tensor:
     """Position t predicts labels[t + 1]; -100 is skipped; sum / (label tokens or num_items)."""
-    total, count = torch.zeros((), dtype=torch.float64), 0
+    rows, targets = [], []
     for b in range(logits.shape[0]):
         for t in range(logits.shape[1] - 1):
             y = int(labels[b, t + 1])
             if y == IGNORE:
                 continue
-            total = total + reference_token_loss(logits[b, t], y, s)
-            count += 1
-    return total / (num_items if num_items is not None else max(count, 1))
+            rows.append(logits[b, t])
+            targets.append(y)
+    total = (reference_per_token_f64(torch.stack(rows), torch.tensor(targets), s).sum() if rows
+             else torch.zeros((), dtype=torch.float64))
+    return total / (num_items if num_items is not None else max(len(rows), 1))
 
 
 def reference_masses(logits: torch.Tensor, labels: torch.Tensor, k: int) -> list[float]:
@@ -94,15 +75,7 @@ def midpoint_tau(logits, labels, k: int) -> float:
 LOGITS, LABELS = make_batch()
 TAU = midpoint_tau(LOGITS, LABELS, 2)
 
-SETTINGS = {
-    "ce": LossSettings("ce"),
-    "sed": LossSettings("sed", tau=TAU, sed_lambda=1.0, top_k=2),
-    "sed_lambda3_k3": LossSettings("sed", tau=midpoint_tau(LOGITS, LABELS, 3), sed_lambda=3.0, top_k=3),
-    "sed_nomask": LossSettings("sed_nomask", sed_lambda=1.0),
-    "gem_linear": LossSettings("gem", gem_beta=0.7, gem_weighting="linear"),
-    "gem_logsigmoid": LossSettings("gem", gem_beta=0.7, gem_weighting="logsigmoid"),
-    "dft": LossSettings("dft"),
-}
+SETTINGS = {case: case_settings(case, lambda k: midpoint_tau(LOGITS, LABELS, k)) for case in CASES}
 
 
 def test_the_batch_exercises_masking_both_ways():
@@ -230,7 +203,8 @@ def test_halves_with_num_items_in_batch_sum_to_the_full_batch(name):
     s = SETTINGS[name]
     logits, labels = make_batch(seed=2, batch=4)
     labels[1:, 2:5] = IGNORE  # halves of different sizes: a mean of means would be wrong
-    tau_s = LossSettings(**{**s.__dict__, "tau": midpoint_tau(logits, labels, s.top_k)}) if s.loss == "sed" else s
+    tau_s = (LossSettings(**{**s.__dict__, "tau": midpoint_tau(logits, labels, s.top_k)})
+             if loss_named(s.loss).needs_tau else s)
     total = int((labels[:, 1:] != IGNORE).sum())
 
     full_leaf = logits.clone().requires_grad_(True)

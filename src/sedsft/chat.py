@@ -13,6 +13,13 @@ from sedsft.config import ConfigError
 IGNORE_INDEX = -100
 
 
+def prompt_messages(system_prompt: str, problem: str) -> list[dict]:
+    """The system and user turns of a problem, the one place they are built: SFT conversations,
+    RL prompts, diversity and evaluation prompts and the tiny model's pretraining texts all start
+    with them, and a prompt that differs between training and evaluation costs accuracy."""
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": problem}]
+
+
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     """The fully rendered text and the [start, end) character spans of assistant turns
     (content and end-of-turn token; trailing whitespace after the turn is left unlabelled)."""

@@ -19,14 +19,9 @@ at a time:
   `last_hidden_state @ lm_head.weight.T` (models with logit soft-capping or scaling, or an
   lm_head bias, are refused).
 
-Closed-form gradients with respect to one token's logits z (p = softmax(z), e_y one-hot, all
-checked against autograd of `losses.token_losses` in tests/test_chunked_loss.py):
-
-    ce          p - e_y
-    sed         (p - e_y) * [1 + lambda * M * p_y * (1 - 2 p_y)]      since d p_y/dz = p_y (e_y - p)
-    sed_nomask  the same with M = 1
-    dft         p_y * (p - e_y)                                       (p_y is a constant)
-    gem         c - S e_y,  c = q * w constants, S = sum_v c_v      since d log p_v/dz = e_v - p
+Each loss's closed-form gradient with respect to one token's logits is its class's `fused_grad`
+in `sedsft.loss_registry` (the formulas: the classes' docstrings), checked against autograd of
+`losses.token_losses` in tests/test_chunked_loss.py.
 
 Normalisation: every loss is a sum over label tokens divided by `denominator` (the number of label
 tokens in the global batch, like the HF Trainer's num_items_in_batch); a denominator of 0 (a batch
@@ -46,7 +41,9 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from sedsft.losses import LOSSES, LossSettings, token_losses
+from sedsft.loss_base import Chunk
+from sedsft.loss_registry import check_settings, loss_named
+from sedsft.losses import LossSettings, token_losses
 
 IGNORE_INDEX = -100
 STAT_NAMES = ("ce_sum", "extra_sum", "masked", "entropy_sum", "correct", "tokens")
@@ -54,16 +51,6 @@ IMPLS = ("fused", "checkpointed")
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def check_settings(s: LossSettings) -> None:
-    """The same refusals as `losses.token_losses`, but before any work is done."""
-    if s.loss not in LOSSES:
-        raise ValueError(f"unknown loss {s.loss!r}; choose one of {', '.join(LOSSES)}")
-    if s.loss == "sed" and s.tau is None:
-        raise ValueError("loss 'sed' needs tau (run the threshold stage or set threshold.tau)")
-    if s.loss == "gem" and s.gem_weighting not in ("linear", "logsigmoid"):
-        raise ValueError(f"unknown gem_weighting {s.gem_weighting!r}")
 
 
 def _denominator(denominator, device: torch.device) -> torch.Tensor:
@@ -100,19 +87,13 @@ def _chunk_loss_and_grad(z: torch.Tensor, y: torch.Tensor, s: LossSettings, need
     vector (len(STAT_NAMES)) and, if need_grad, dL/dz [c, V] (fp32, not yet divided by the
     denominator). z is used as scratch space (overwritten). At most two [c, V] buffers besides z
     are alive at once (GEM: three), no (z - lse) / xlogy temporaries."""
+    loss = loss_named(s.loss)
     c = z.shape[0]
     m = z.amax(dim=-1, keepdim=True)  # [c, 1]
     z_y = z.gather(-1, y[:, None])  # [c, 1]
     correct = (z.argmax(dim=-1) == y).sum()
-    coef = None  # GEM's constant c = q * w [c, V]
     p = torch.sub(z, m)  # [c, V], becomes p = softmax(z)
-    if s.loss == "gem":
-        coef = torch.sub(z, m).div_(s.gem_beta).exp_()  # q = softmax(z / beta) (max-shifted)
-        coef.div_(coef.sum(-1, keepdim=True))
-        if s.gem_weighting == "logsigmoid":  # w = sigmoid(0.01 (z - z_y)), built in p's buffer
-            torch.sub(z, z_y, out=p).mul_(0.01).sigmoid_()
-            coef.mul_(p)
-            torch.sub(z, m, out=p)
+    constants = loss.fused_constants(s, z, z_y, m, p)
     p.exp_()
     sum_exp = p.sum(-1, keepdim=True)  # [c, 1]
     p.div_(sum_exp)
@@ -120,38 +101,18 @@ def _chunk_loss_and_grad(z: torch.Tensor, y: torch.Tensor, s: LossSettings, need
     logp_y = z_y.squeeze(-1) - lse  # [c]
     ce = -logp_y
     p_y = logp_y.exp()
-    masked = torch.zeros((), dtype=torch.float32, device=z.device)
-    if s.loss == "ce":
-        per_token, scale = ce, None
-    elif s.loss in ("sed", "sed_nomask"):
-        if s.loss == "sed":
-            mask = (p.topk(s.top_k, dim=-1).values.sum(-1) < s.tau).float()  # [c], no gradient
-        else:
-            mask = torch.ones_like(p_y)
-        masked = mask.sum()
-        per_token = ce + s.sed_lambda * mask * (p_y - 0.5) ** 2
-        scale = 1.0 + s.sed_lambda * mask * p_y * (1.0 - 2.0 * p_y)  # [c]
-    elif s.loss == "dft":
-        per_token, scale = ce * p_y, p_y
-    else:  # gem: -S log p_y + sum_v c_v log p_v, with sum_v c_v log p_v = sum_v c_v z_v - S lse
-        coef_sum = coef.sum(-1)  # [c] S
-        per_token, scale = coef_sum * ce + ((coef * z).sum(-1) - coef_sum * lse), None
+    chunk = Chunk(z=z, y=y, z_y=z_y, p=p, lse=lse, ce=ce, p_y=p_y, constants=constants)
+    terms = loss.fused_terms(s, chunk)
+    masked = terms.masked if terms.masked is not None else torch.zeros((), dtype=torch.float32, device=z.device)
     entropy = lse - z.mul_(p).sum(-1)  # H(p) = lse - sum_v p_v z_v; z is scratch from here on
     ce_sum = ce.sum()
-    loss_sum = per_token.sum()
+    loss_sum = terms.per_token.sum()
     stats = torch.stack([ce_sum, loss_sum - ce_sum, masked, entropy.sum(), correct.float(),
                          torch.full((), float(c), device=z.device)])
     if not need_grad:
         return loss_sum, stats, None
-    grad = p  # reuse p's storage: grad = p - e_y, then the per-loss correction
-    if coef is not None:  # gem: S (p - e_y) + (c - S p) = c - S e_y
-        grad.copy_(coef)
-        grad.scatter_add_(-1, y[:, None], -coef_sum[:, None])
-    else:
-        grad.scatter_add_(-1, y[:, None], torch.full_like(z_y, -1.0))
-    if scale is not None:
-        grad.mul_(scale[:, None])
-    return loss_sum, stats, grad
+    loss.fused_grad(p, chunk, terms)  # p's storage becomes dL/dz
+    return loss_sum, stats, p
 
 
 # ------------------------------------------------------------------ fused
@@ -261,14 +222,8 @@ def _chunk_fn(lm_head: Callable, settings: LossSettings):
             z = logits.detach().float()
             p = torch.softmax(z, dim=-1)
             entropy = -torch.special.xlogy(p, p).sum()
-            if settings.loss == "sed":
-                masked = st["masked"]
-            elif settings.loss == "sed_nomask":
-                masked = torch.tensor(float(y_c.numel()), device=z.device)
-            else:
-                masked = torch.zeros((), device=z.device)
             ce_sum = st["ce_sum"]
-            stats = torch.stack([ce_sum, loss_sum.detach() - ce_sum, masked.float(), entropy,
+            stats = torch.stack([ce_sum, loss_sum.detach() - ce_sum, st["masked"].float(), entropy,
                                  (z.argmax(-1) == y_c).sum().float(),
                                  torch.tensor(float(y_c.numel()), device=z.device)])
         return loss_sum, stats

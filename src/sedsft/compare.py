@@ -15,18 +15,19 @@ import json
 import os
 from pathlib import Path
 
+from sedsft import artifacts
 from sedsft.benchmarks import BENCHMARKS
 from sedsft.config import settings_hash
 from sedsft.sources import DataError
 
 # artifact -> its path under results/{experiment}/
 ARTIFACTS = {
-    "sft_eval": "sft_eval.json",
-    "rl_eval": "rl_eval.json",
-    "diversity": "sft/diversity.json",
-    "sft_train": "sft/train.json",
-    "sft_metrics": "sft/metrics.jsonl",
-    "rl_train": "rl/train.json",
+    "sft_eval": artifacts.relative(artifacts.eval_result("sft")),
+    "rl_eval": artifacts.relative(artifacts.eval_result("rl")),
+    "diversity": artifacts.relative(artifacts.diversity_summary("sft")),
+    "sft_train": artifacts.relative(artifacts.train_summary("sft")),
+    "sft_metrics": artifacts.relative(artifacts.sft_metrics()),
+    "rl_train": artifacts.relative(artifacts.train_summary("rl")),
 }
 STAGES = ("sft", "rl")
 
@@ -64,7 +65,7 @@ def load_run(results_dir: str | Path, experiment: str) -> dict:
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"experiment {experiment!r} lacks {', '.join(missing)} (build them with "
-                                f"`snakemake results/{experiment}/rl_eval.json`)")
+                                f"`snakemake {artifacts.eval_result('rl', experiment)}`)")
     run = {}
     for key, path in paths.items():
         try:
@@ -335,8 +336,25 @@ def compare(name: str, experiments: list[str], results_dir: str | Path, out_md: 
         plot_training({e: {"sft": sft_curve(runs[e]), "rl": rl_curve(runs[e])} for e in experiments},
                       training_plot, title=f"training: {name}")
         summary["plots"]["training"] = str(training_plot)
-    tmp = out_md.with_name(out_md.name + ".tmp")
-    tmp.write_text(render_markdown(summary, out_md))
-    tmp.replace(out_md)
+    artifacts.write_text(out_md, render_markdown(summary, out_md))
     summary["markdown"] = str(out_md)
     return summary
+
+
+# ----------------------------------------------------------------------------- the compare stage
+
+
+def compare_arguments(parser) -> None:
+    # --experiment names the comparison (config.yaml's `comparisons`)
+    parser.add_argument("--results", required=True,
+                        help="the folder holding results/<experiment>/ of each compared experiment (the workflow's)")
+    parser.add_argument("--out-md", required=True, help="<comparison>.md this stage writes: the tables")
+    parser.add_argument("--pass-at-k-plot", help="PNG this stage writes: the SFT models' pass@k curves")
+    parser.add_argument("--diversity-plot", help="PNG this stage writes: the SFT models' diversity metrics")
+    parser.add_argument("--training-plot", help="PNG this stage writes: the SFT and RL training curves")
+
+
+def run_compare(args, settings: dict) -> dict:
+    return compare(settings["comparison"], settings["experiments"], args.results, args.out_md,
+                   pass_at_k_plot=args.pass_at_k_plot, diversity_plot=args.diversity_plot,
+                   training_plot=args.training_plot, settings=settings.get("settings"))

@@ -18,25 +18,13 @@ from typing import Any
 
 import yaml
 
+from sedsft.stages import STAGES
+
 SCHEMA_RELPATH = Path("workflow") / "schemas" / "config.schema.yaml"
 
-# The sections each stage reads. A rule passes exactly these to its command (as `params`),
-# so editing one section re-runs only the stages that read it.
+# The sections each stage reads (sedsft.stages declares them with the stage).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "tiny_task": ("seed", "system_prompt", "model.tiny"),
-    "base_model": ("seed", "system_prompt", "model"),
-    "sft_data": ("seed", "system_prompt", "model", "data.sft"),
-    "rl_prompts": ("seed", "system_prompt", "data.rl"),
-    "benchmark": ("benchmarks_dir", "eval.limit"),
-    "threshold": ("seed", "model", "threshold", "sft.top_k", "sft.ratio"),
-    "sft": ("seed", "model", "sft"),
-    "diversity": ("seed", "system_prompt", "model.trust_remote_code", "diversity"),
-    "rl": ("seed", "model.trust_remote_code", "rl"),
-    # plus the one benchmark's sampling settings: see generate_settings()
-    "generate": ("seed", "system_prompt", "model.trust_remote_code", "eval.backend",
-                 "eval.tensor_parallel_size", "eval.batch_size", "eval.max_new_tokens"),
-    "grade": ("eval.grading_workers", "eval.grading_timeout_s"),
-}
+    name: stage.sections for name, stage in STAGES.items() if stage.sections is not None}
 
 
 class ConfigError(ValueError):
@@ -242,10 +230,23 @@ class Experiment:
         return list(self.eval.benchmarks) + (["tiny"] if self.is_tiny else [])
 
 
+# Keys the schema allows in an experiment that no stage reads, so no dataclass holds them:
+# `extends` is merged away, `resources` sizes the jobs (workflow/rules/common.smk).
+WORKFLOW_ONLY_KEYS = frozenset({"extends", "resources"})
+
+
 def _build(cls, value: Any, where: str, **given):
-    """Map a plain dict onto a (nested) dataclass; missing keys are reported by path."""
+    """Map a plain dict onto a (nested) dataclass; missing keys are reported by path, and so is
+    a key the schema let through that the dataclass lacks (the schema is the source of the
+    config's shape; tests/test_config.py checks the dataclasses against it, and a key that
+    slipped past both would otherwise be dropped without a word)."""
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    fields = {field.name for field in dataclasses.fields(cls)}
+    unread = sorted(set(value) - fields - set(given) - (WORKFLOW_ONLY_KEYS if cls is Experiment else set()))
+    if unread:
+        raise ConfigError(f"{where}: {', '.join(map(repr, unread))} allowed by the schema but read by no stage "
+                          f"(sedsft.config.{cls.__name__} has no such field)")
     kwargs = dict(given)
     for field in dataclasses.fields(cls):
         if field.name in given:

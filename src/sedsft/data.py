@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from tqdm import tqdm
 
-from sedsft.chat import IGNORE_INDEX, load_tokenizer, tokenize_conversation
-from sedsft.config import ModelConfig, RLDataConfig, SFTDataConfig
+from sedsft.chat import IGNORE_INDEX, load_tokenizer, prompt_messages, tokenize_conversation
+from sedsft.config import ModelConfig, RLDataConfig, SFTDataConfig, section
 from sedsft.sources import DataError, get_field, load_rows
 
 CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<48/2=24>>" annotations
@@ -50,8 +49,7 @@ def conversation_of(row: dict, cfg: SFTDataConfig, system_prompt: str, source: s
             messages.insert(0, {"role": "system", "content": system_prompt})
     else:
         messages = [
-            {"role": "system", "content": system_prompt},
-            {"role": "user", "content": str(get_field(row, cfg.question_field, source, index))},
+            *prompt_messages(system_prompt, str(get_field(row, cfg.question_field, source, index))),
             {"role": "assistant", "content": _answer(row, cfg.answer_field, cfg.answer_format, False, source, index)},
         ]
     return messages
@@ -107,7 +105,7 @@ def prepare_rl_prompts(source: str, cfg: RLDataConfig, system_prompt: str, out: 
             raise DataError(f"{source}: row {index} has an empty {'question' if not question else 'answer'}")
         records.append({
             "id": str(row.get("id", index)),
-            "prompt": [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}],
+            "prompt": prompt_messages(system_prompt, question),
             "answer": answer,
         })
     pd.DataFrame(records).to_parquet(out, index=False)
@@ -131,11 +129,45 @@ def prepare_benchmark(name: str, source: str, limit: int | None, out: str, tiny_
     return {"benchmark": name, "source": tiny_test or source, "problems": len(rows), "skipped": skipped}
 
 
-def write_json(path: str | Path, payload: dict) -> None:
-    """Write JSON atomically, so a killed job never leaves a half file that looks finished."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-        fh.write("\n")
-    tmp.replace(path)
+# ----------------------------------------------------------------------------- the data stages
+
+
+def sft_data_arguments(parser) -> None:
+    parser.add_argument("--source", required=True,
+                        help="data.sft.source: a Hub dataset id, a local JSONL/Parquet file, or the tiny task's "
+                             "sft.jsonl (written by tiny_task)")
+    parser.add_argument("--tokenizer", required=True,
+                        help="the base model (folder written by base_model, or a Hub id): its tokenizer and "
+                             "chat template")
+    parser.add_argument("--train-out", required=True, help="sft_train.parquet this stage writes (token ids, labels)")
+    parser.add_argument("--val-out", required=True,
+                        help="sft_val.parquet this stage writes (threshold calibrates on it)")
+
+
+def run_sft_data(args, settings: dict) -> dict:
+    return prepare_sft(args.source, section(settings, SFTDataConfig, "data.sft"),
+                       section(settings, ModelConfig, "model"), args.tokenizer, settings["system_prompt"],
+                       args.train_out, args.val_out)
+
+
+def rl_prompts_arguments(parser) -> None:
+    parser.add_argument("--source", required=True,
+                        help="data.rl.source: a Hub dataset id, a local JSONL/Parquet file, or the tiny task's "
+                             "rl.jsonl (written by tiny_task)")
+    parser.add_argument("--out", required=True, help="rl_prompts.parquet this stage writes (prompt, gold answer)")
+
+
+def run_rl_prompts(args, settings: dict) -> dict:
+    return prepare_rl_prompts(args.source, section(settings, RLDataConfig, "data.rl"), settings["system_prompt"],
+                              args.out)
+
+
+def benchmark_data_arguments(parser) -> None:
+    parser.add_argument("--name", required=True, help="the benchmark (sedsft.benchmarks.BENCHMARKS, or tiny)")
+    parser.add_argument("--out", required=True, help="<bench>.parquet this stage writes (id, problem, answer)")
+    parser.add_argument("--tiny-test", help="the tiny task's test.jsonl (written by tiny_task): the problems of "
+                                            "the tiny benchmark")
+
+
+def run_benchmark_data(args, settings: dict) -> dict:
+    return prepare_benchmark(args.name, settings["benchmarks_dir"], settings["eval"]["limit"], args.out, args.tiny_test)

@@ -7,11 +7,13 @@ over prompts (README, "Diversity metrics", defines each one).
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sedsft.config import PACKAGED_EMBEDDING_MODEL, DiversityConfig
+from sedsft.chat import prompt_messages
+from sedsft.config import PACKAGED_EMBEDDING_MODEL, DiversityConfig, section
 from sedsft.metrics import count_distinct, distinct_n, mean, pass_at_k, self_bleu, semantic_diversity
 
 # per-prompt scalars averaged into diversity.json (None values -- a metric that was not
@@ -47,8 +49,7 @@ def select_benchmark_prompts(benchmark_files: Sequence[str], per_benchmark: int,
         rows = pd.read_parquet(path).to_dict("records")
         random.Random(f"{seed}/{bench}").shuffle(rows)  # a str seed is stable across runs
         prompts += [{"id": f"{bench}/{r['id']}", "source": bench,
-                     "messages": [{"role": "system", "content": system_prompt},
-                                  {"role": "user", "content": r["problem"]}],
+                     "messages": prompt_messages(system_prompt, r["problem"]),
                      "answer": str(r["answer"])} for r in rows[:per_benchmark]]
     return prompts
 
@@ -174,3 +175,47 @@ def measure(samples: dict[str, dict], prompts: list[dict], *, embed: Embedder | 
               "benchmarks": [p for p in per_prompt if p["source"] != "rl"]}
     result["by_source"] = {name: summarize(group) for name, group in groups.items() if group}
     return result, per_prompt
+
+
+# ----------------------------------------------------------------------------- the diversity stage
+
+
+def diversity_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="the model sampled: a folder written by base_model, sft "
+                                                         "or rl, or a Hub id")
+    parser.add_argument("--prompts", help="rl_prompts.parquet (written by rl_prompts), for diversity.sources: rl")
+    parser.add_argument("--benchmarks", nargs="*", default=[], metavar="PARQUET",
+                        help="benchmark problem files (<bench>.parquet, written by benchmark_data) for "
+                             "diversity.sources: benchmarks")
+    parser.add_argument("--samples", required=True,
+                        help="diversity_samples.jsonl this stage writes (and resumes): every prompt's samples")
+    parser.add_argument("--per-prompt", help="diversity_per_prompt.jsonl this stage writes: each prompt's metrics")
+    parser.add_argument("--pass-at-k-plot", help="PNG this stage writes: the mean pass@k curve")
+    parser.add_argument("--metrics-plot", help="PNG this stage writes: the diversity metrics")
+    parser.add_argument("--label", help="the model's name in the plots (default: --model)")
+
+
+def run_diversity(args, settings: dict) -> dict:
+    from sedsft.generation import generate_to_file, read_generations
+    from sedsft.plots import plot_metrics, plot_pass_at_k
+
+    cfg = section(settings, DiversityConfig, "diversity")
+    prompts = select_prompts(cfg, settings["seed"], settings["system_prompt"], args.prompts, args.benchmarks)
+    sampling = sampling_of(cfg, settings["seed"])
+    summary = generate_to_file(args.model, prompts, args.samples, sampling, batch_size=cfg.batch_size,
+                               trust_remote_code=settings["model"]["trust_remote_code"], entropies=True)
+    result, per_prompt = measure(read_generations(args.samples), prompts, embed=load_embedder(cfg.embedding_model))
+    result = {"model": args.model, **result, "sampling": vars(sampling),
+              "prompts_per_source": {source: sum(p["source"] == source for p in prompts)
+                                     for source in dict.fromkeys(p["source"] for p in prompts)},
+              "embedding_model": cfg.embedding_model, "entropy_distribution": summary["entropies"],
+              "generation": summary}
+    if args.per_prompt:
+        with open(args.per_prompt, "w") as fh:
+            fh.writelines(json.dumps(p) + "\n" for p in per_prompt)
+    label = args.label or args.model
+    if args.pass_at_k_plot:
+        plot_pass_at_k({label: result}, args.pass_at_k_plot, title=f"pass@k: {label}")
+    if args.metrics_plot:
+        plot_metrics({label: result}, args.metrics_plot, title=f"diversity: {label}")
+    return result

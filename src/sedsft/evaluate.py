@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from sedsft.artifacts import write_jsonl
 from sedsft.benchmarks import BENCHMARKS
 from sedsft.sources import DataError
 from sedsft.metrics import majority_correct, mean, pass_at_k, standard_error
@@ -29,18 +29,19 @@ def grade_file(generations: str, benchmark: str, out: str, *, workers: int, time
             golds.append(problem["answer"])
     with Grader(workers=workers, timeout_s=timeout_s) as grader:
         grades = iter(grader.grade(completions, golds))
-    tmp = Path(out + ".tmp")
-    with open(tmp, "w") as fh:
+
+    def rows():
         for problem in problems:
             samples = [next(grades) for _ in generated[problem["id"]]["completions"]]
-            fh.write(json.dumps({
+            yield {
                 "id": problem["id"],
                 "answer": problem["answer"],
                 "correct": [g.correct for g in samples],
                 "extracted": [g.extracted for g in samples],
                 "status": [g.status for g in samples],
-            }) + "\n")
-    tmp.replace(out)
+            }
+
+    write_jsonl(out, rows())
     return {"graded": len(completions)}
 
 
@@ -110,3 +111,54 @@ def markdown_table(result: dict, title: str, baseline: dict | None = None) -> st
         lines.append(f"| {n} | {b['n_problems']} | {b['n_samples']} | {b['accuracy']:.2f} | {b['stderr']:.2f} "
                      f"| {b['pass_at_k'][str(b['n_samples'])]:.2f} | {b['maj_at_n']:.2f} | {b['no_box']} |")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the grade and eval_report stages
+
+
+def grade_arguments(parser) -> None:
+    parser.add_argument("--generations", required=True, help="<bench>.jsonl (written by generate): the samples")
+    parser.add_argument("--benchmark", required=True,
+                        help="<bench>.parquet (written by benchmark_data): the gold answers")
+    parser.add_argument("--out", required=True, help="<bench>.graded.jsonl this stage writes: one line per problem")
+
+
+def run_grade(args, settings: dict) -> dict:
+    return grade_file(args.generations, args.benchmark, args.out, workers=settings["eval"]["grading_workers"],
+                      timeout_s=settings["eval"]["grading_timeout_s"])
+
+
+def eval_report_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="the model evaluated (recorded in the result)")
+    parser.add_argument("--label", required=True, help="the model's row in the table: base, sft or rl")
+    parser.add_argument("--graded", nargs="+", required=True, metavar="BENCH=PATH",
+                        help="each benchmark's <bench>.graded.jsonl (written by grade)")
+    parser.add_argument("--generation-meta", nargs="+", required=True, metavar="BENCH=PATH",
+                        help="each benchmark's <bench>.generation.json (written by generate): sampling, backend")
+    parser.add_argument("--bench-meta", nargs="+", required=True, metavar="BENCH=PATH",
+                        help="each benchmark's <bench>.json (written by benchmark_data): the skipped rows")
+    parser.add_argument("--out-md", required=True, help="<stage>_eval.md this stage writes: the table")
+    parser.add_argument("--diversity", help="the SFT model's diversity.json (written by diversity), carried into "
+                                            "the RL result")
+    parser.add_argument("--baseline", help="sft_eval.json (written by eval_report for sft): the SFT row of the "
+                                           "RL table")
+
+
+def run_eval_report(args, settings: dict) -> dict:
+    def pairs(values):
+        return dict(v.split("=", 1) for v in values)
+
+    result = summarize(pairs(args.graded), pairs(args.generation_meta), pairs(args.bench_meta), args.model)
+    if args.diversity:
+        with open(args.diversity) as fh:
+            diversity = json.load(fh)
+        result["sft_diversity"] = {k: v for k, v in diversity.items() if k not in ("provenance", "generation")}
+    baseline = None
+    if args.baseline:
+        with open(args.baseline) as fh:
+            baseline = json.load(fh)
+        result["sft_baseline"] = {"average": baseline["average"],
+                                  "accuracy": {b: v["accuracy"] for b, v in baseline["benchmarks"].items()}}
+    table = markdown_table(result, args.label, baseline)
+    Path(args.out_md).write_text(f"# {args.experiment}: {args.label}\n\n" + table)
+    return result

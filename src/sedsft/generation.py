@@ -261,3 +261,29 @@ def read_generations(path: str) -> dict[str, dict]:
     # bytes that are not UTF-8 (a file from another tool) become U+FFFD: graded, never a crash
     with open(path, encoding="utf-8", errors="replace") as fh:
         return {record["id"]: record for record in map(json.loads, fh)}
+
+
+# ----------------------------------------------------------------------------- the generate stage
+
+
+def generate_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="the model evaluated: a folder written by base_model, sft "
+                                                         "or rl, or a Hub id")
+    parser.add_argument("--benchmark", required=True, help="<bench>.parquet (written by benchmark_data): the problems")
+    parser.add_argument("--out", required=True, help="<bench>.jsonl this stage writes (and resumes): the samples")
+
+
+def run_generate(args, settings: dict) -> dict:
+    import pandas as pd
+
+    from sedsft.chat import prompt_messages
+
+    ev = settings["eval"]
+    sampling = SamplingSettings(n=ev["sampling"]["n"], temperature=ev["sampling"]["temperature"],
+                                top_p=ev["sampling"]["top_p"], max_new_tokens=ev["max_new_tokens"],
+                                seed=settings["seed"])
+    problems = pd.read_parquet(args.benchmark).to_dict("records")
+    prompts = [{"id": p["id"], "messages": prompt_messages(settings["system_prompt"], p["problem"])} for p in problems]
+    return generate_to_file(args.model, prompts, args.out, sampling, backend=ev["backend"],
+                            batch_size=ev["batch_size"], trust_remote_code=settings["model"]["trust_remote_code"],
+                            tensor_parallel_size=ev["tensor_parallel_size"])

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sedsft.stages import STAGES
+
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed"
 
 
@@ -64,7 +66,7 @@ def rl_command_prefix(rl: dict, model_dir: str, across_nodes: bool = False, trus
 
 # ----------------------------------------------------------------------------- GPUs of a job
 
-GPU_STAGES = ("threshold", "sft", "diversity", "rl", "generate")
+GPU_STAGES = tuple(name for name, stage in STAGES.items() if stage.gpus)
 
 
 def job_gpus(stage: str, settings: dict, uses_gpus: bool) -> int:
@@ -171,10 +173,11 @@ def save_final_model(trainer, tokenizer, out_dir: str) -> None:
     every rank saves (ZeRO-3 gathers its shards there) into out_dir.tmp, rank 0 renames it."""
     import shutil
 
+    from sedsft.artifacts import replace_folder, staging_path
     from sedsft.hardware import rank
 
     is_main = rank() == 0
-    tmp = Path(str(out_dir) + ".tmp")
+    tmp = staging_path(out_dir)
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
@@ -182,5 +185,4 @@ def save_final_model(trainer, tokenizer, out_dir: str) -> None:
     trainer.accelerator.wait_for_everyone()
     if is_main:
         tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
+        replace_folder(tmp, out_dir)

@@ -13,9 +13,10 @@ PACKAGES = ("sedsft", "torch", "transformers", "trl", "datasets", "accelerate", 
             "vllm", "math-verify", "sacrebleu")
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """name -> installed version, None where the package is missing."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -17,6 +17,8 @@ import re
 import shutil
 from pathlib import Path
 
+from sedsft.artifacts import read_json_or_none, replace_folder, staging_path, write_text
+
 log = logging.getLogger("sedsft")
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -47,17 +49,8 @@ def fingerprint(**parts) -> dict:
     return json.loads(json.dumps(parts, sort_keys=True, default=str))
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _write_json(path: Path, payload) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, sort_keys=True, indent=1))
-    tmp.replace(path)
+    write_text(path, json.dumps(payload, sort_keys=True, indent=1))
 
 
 def complete_checkpoints(work_dir: str | Path) -> list[Path]:
@@ -67,7 +60,7 @@ def complete_checkpoints(work_dir: str | Path) -> list[Path]:
     for folder in Path(work_dir).iterdir() if Path(work_dir).is_dir() else []:
         match = _CHECKPOINT_RE.match(folder.name)
         if match and folder.is_dir():
-            state = _read_json(folder / "trainer_state.json")
+            state = read_json_or_none(folder / "trainer_state.json")
             if isinstance(state, dict) and state.get("global_step") == int(match.group(1)):
                 found.append((int(match.group(1)), folder))
     return [folder for _, folder in sorted(found)]
@@ -82,7 +75,7 @@ def resume_point(work_dir: str | Path, expected: dict, is_main: bool = True) -> 
     Every rank reaches the same answer whatever the interleaving: the main process deletes
     before it writes the new fingerprint, and a mismatch means no resume for anyone."""
     work_dir = Path(work_dir)
-    matches = _read_json(work_dir / FINGERPRINT_FILE) == expected
+    matches = read_json_or_none(work_dir / FINGERPRINT_FILE) == expected
     if is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
         complete = set(complete_checkpoints(work_dir)) if matches else set()
@@ -102,7 +95,7 @@ def resume_point(work_dir: str | Path, expected: dict, is_main: bool = True) -> 
 def is_final(checkpoint: str | Path) -> bool:
     """Whether the checkpoint is the last step of its run (saved just before the kill, say):
     resuming it would make the HF Trainer train one step more than max_steps."""
-    state = _read_json(Path(checkpoint) / "trainer_state.json") or {}
+    state = read_json_or_none(Path(checkpoint) / "trainer_state.json") or {}
     max_steps = state.get("max_steps") or 0
     return max_steps > 0 and state.get("global_step", 0) >= max_steps and has_weights(checkpoint)
 
@@ -115,19 +108,18 @@ def save_checkpoint_as_final(checkpoint: str | Path, tokenizer, out_dir: str | P
     """The final model from a finished checkpoint, with no training: its model files (the same
     bytes save_model writes) and the tokenizer, into out_dir.tmp, renamed into place."""
     out_dir = Path(out_dir)
-    tmp = Path(str(out_dir) + ".tmp")
+    tmp = staging_path(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for item in Path(checkpoint).iterdir():
         if item.is_file() and not TRAINING_STATE.match(item.name):
             shutil.copy2(item, tmp / item.name)
     tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    replace_folder(tmp, out_dir)
 
 
 def trainer_state(checkpoint: str | Path) -> dict:
-    return _read_json(Path(checkpoint) / "trainer_state.json") or {}
+    return read_json_or_none(Path(checkpoint) / "trainer_state.json") or {}
 
 
 # ----------------------------------------------------------------------------- partial files
@@ -138,7 +130,7 @@ def claim_partial(partial: str | Path, expected: dict) -> None:
     <partial>.json); otherwise remove it and record `expected` for the lines to come."""
     partial = Path(partial)
     meta = Path(str(partial) + ".json")
-    if _read_json(meta) == expected:
+    if read_json_or_none(meta) == expected:
         return
     if partial.exists():
         log.warning("%s was written with other settings or another model; starting afresh", partial)

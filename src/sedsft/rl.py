@@ -1,4 +1,6 @@
-"""GRPO from the SFT model with TRL's GRPOTrainer, the paper's recipe (DESIGN.md section 2)."""
+"""GRPO from the SFT model with TRL's GRPOTrainer, the recipe of the paper (Chen, Liu, Meng 2026,
+"Selectively Encouraging Diversity in Supervised Fine-Tuning"), whose values are config.yaml's
+`defaults.rl`."""
 
 from __future__ import annotations
 
@@ -182,3 +184,20 @@ def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: 
     if isinstance(reward, MathVerifyReward):
         reward.grader.close()
     return {**summary, "global_step": trainer.state.global_step, "log_history": trainer.state.log_history}
+
+
+# ----------------------------------------------------------------------------- the rl stage
+
+
+def rl_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="the SFT model folder (written by sft) GRPO starts from")
+    parser.add_argument("--prompts", required=True, help="rl_prompts.parquet (written by rl_prompts)")
+    parser.add_argument("--out-dir", required=True, help="model folder this stage writes (save_pretrained)")
+    parser.add_argument("--work-dir", required=True, help="checkpoint folder this stage writes and resumes from")
+
+
+def run_rl(args, settings: dict) -> dict:
+    from sedsft.config import section
+
+    return train(args.model, section(settings, RLConfig, "rl"), settings["seed"], args.prompts, args.out_dir,
+                 args.work_dir, trust_remote_code=settings["model"]["trust_remote_code"])

@@ -8,12 +8,18 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from sedsft.artifacts import write_jsonl
 from sedsft.config import ModelConfig, SFTConfig
 from sedsft.hardware import has_cuda, rank, require_precision, start_deepspeed_on_cpu, trainable_dtype, use_bf16
 from sedsft.launch import deepspeed_config, save_final_model, zero_stage
-from sedsft.losses import LossSettings, causal_lm_loss
 from sedsft.resume import fingerprint, is_final, resume_point, save_checkpoint_as_final, stamp, trainer_state
+
+# the loss module imports torch: the CLI imports this module for the sft stage's flags before it
+# has chosen the process's GPUs (launch.pin_gpus), so the loss is imported where it is used
+if TYPE_CHECKING:
+    from sedsft.losses import LossSettings
 
 log = logging.getLogger("sedsft")
 
@@ -43,8 +49,10 @@ def pad_collator(pad_token_id: int):
 
 
 def loss_settings(cfg: SFTConfig, tau: float | None) -> LossSettings:
-    return LossSettings(loss=cfg.loss, tau=tau, sed_lambda=cfg.sed_lambda, top_k=cfg.top_k,
-                        gem_beta=cfg.gem_beta, gem_weighting=cfg.gem_weighting)
+    from sedsft.loss_registry import config_parameters
+    from sedsft.losses import LossSettings
+
+    return LossSettings(loss=cfg.loss, tau=tau, **{key: getattr(cfg, key) for key in config_parameters()})
 
 
 class TelemetryWindow:
@@ -87,6 +95,8 @@ def loss_implementation(cfg: SFTConfig) -> str:
 
 def make_trainer_class():
     from transformers import Trainer
+
+    from sedsft.losses import causal_lm_loss
 
     class SFTTrainer(Trainer):
         """The HF Trainer with the SED loss family computed from hidden states (chunked) and
@@ -235,11 +245,32 @@ def write_metrics(path: str, history: list[dict]) -> None:
     once at the end from the log history, which a resumed run restores from its checkpoint: the
     file is whole after a kill and a resume, and never exists half-written. (While training,
     the same lines go to the log.)"""
-    tmp = Path(path + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    tmp.replace(path)
+    write_jsonl(path, history)
 
 
 def read_tau(threshold_file: str) -> float:
     with open(threshold_file) as fh:
         return float(json.load(fh)["tau"])
+
+
+# ----------------------------------------------------------------------------- the sft stage
+
+
+def sft_arguments(parser) -> None:
+    parser.add_argument("--base", required=True, help="the base model (folder written by base_model, or a Hub id)")
+    parser.add_argument("--train", required=True, help="sft_train.parquet (written by sft_data)")
+    parser.add_argument("--threshold", help="threshold.json (written by threshold): tau, which sft.loss sed needs")
+    parser.add_argument("--out-dir", required=True, help="model folder this stage writes (save_pretrained)")
+    parser.add_argument("--work-dir", required=True, help="checkpoint folder this stage writes and resumes from")
+    parser.add_argument("--metrics", help="metrics.jsonl this stage writes: one line per logging step")
+
+
+def run_sft(args, settings: dict) -> dict:
+    from sedsft.config import section
+
+    cfg = section(settings, SFTConfig, "sft")
+    from sedsft.loss_registry import loss_named
+
+    tau = read_tau(args.threshold) if loss_named(cfg.loss).needs_tau else None
+    return train(args.base, section(settings, ModelConfig, "model"), cfg, settings["seed"], args.train, tau,
+                 args.out_dir, args.work_dir, metrics_file=args.metrics)

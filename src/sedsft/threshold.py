@@ -10,11 +10,10 @@ Modes:
 
 from __future__ import annotations
 
-import torch
-
 from sedsft.chat import IGNORE_INDEX
-from sedsft.losses import top_k_mass
 
+# torch is imported where it is used: the CLI imports this module for its flags before it has
+# chosen the process's GPUs (launch.pin_gpus)
 UPSTREAM_K, UPSTREAM_SEQUENCES = 10, 100
 
 
@@ -24,10 +23,13 @@ def tau_from_masses(masses: torch.Tensor, ratio: float) -> float:
     return float(ordered[-index])
 
 
-@torch.no_grad()
 def calibrate(model, sequences: list[tuple[list[int], list[int]]], *, mode: str, loss_top_k: int,
               ratio: float, max_sequences: int | None, batch_size: int = 8) -> dict:
     """Returns the threshold artifact: tau, how it was computed, and the mask rate it implies."""
+    import torch
+
+    from sedsft.losses import top_k_mass
+
     if mode == "upstream":
         k, limit, label_only = UPSTREAM_K, UPSTREAM_SEQUENCES, False
     elif mode == "consistent":
@@ -38,15 +40,16 @@ def calibrate(model, sequences: list[tuple[list[int], list[int]]], *, mode: str,
     model.eval()
     device = next(model.parameters()).device
     tau_masses, loss_masses = [], []
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start:start + batch_size]
-        for input_ids, labels in batch:  # one at a time: no padding effects on the distribution
-            ids = torch.tensor([input_ids], device=device)
-            probs = torch.softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)  # [T-1, V]
-            scored = torch.tensor(labels[1:], device=device) != IGNORE_INDEX  # positions predicting a label
-            tau_rows = probs[scored] if label_only else probs
-            tau_masses.append(top_k_mass(tau_rows, k).cpu())
-            loss_masses.append(top_k_mass(probs[scored], loss_top_k).cpu())
+    with torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            batch = sequences[start:start + batch_size]
+            for input_ids, labels in batch:  # one at a time: no padding effects on the distribution
+                ids = torch.tensor([input_ids], device=device)
+                probs = torch.softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)  # [T-1, V]
+                scored = torch.tensor(labels[1:], device=device) != IGNORE_INDEX  # positions predicting a label
+                tau_rows = probs[scored] if label_only else probs
+                tau_masses.append(top_k_mass(tau_rows, k).cpu())
+                loss_masses.append(top_k_mass(probs[scored], loss_top_k).cpu())
     tau_masses, loss_masses = torch.cat(tau_masses), torch.cat(loss_masses)
     tau = tau_from_masses(tau_masses, ratio)
     return {
@@ -62,3 +65,30 @@ def calibrate(model, sequences: list[tuple[list[int], list[int]]], *, mode: str,
         "mask_rate": float((loss_masses < tau).float().mean()),
         "mass_quantiles": {q: float(tau_masses.quantile(q)) for q in (0.1, 0.3, 0.5, 0.7, 0.9)},
     }
+
+
+# ----------------------------------------------------------------------------- the threshold stage
+
+
+def threshold_arguments(parser) -> None:
+    parser.add_argument("--base", required=True, help="the base model (folder written by base_model, or a Hub id)")
+    parser.add_argument("--val", required=True, help="sft_val.parquet (written by sft_data): the sequences tau is "
+                                                     "calibrated on")
+
+
+def run_threshold(args, settings: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sedsft.config import ThresholdConfig, section
+    from sedsft.sft import load_sequences
+
+    cfg = section(settings, ThresholdConfig, "threshold")
+    if cfg.tau is not None:
+        return {"tau": cfg.tau, "mode": "fixed", "loss_top_k": settings["sft"]["top_k"]}
+    model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32,
+                                                 trust_remote_code=settings["model"]["trust_remote_code"])
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return calibrate(model, load_sequences(args.val), mode=cfg.mode, loss_top_k=settings["sft"]["top_k"],
+                     ratio=settings["sft"]["ratio"], max_sequences=cfg.max_sequences)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sedsft.config import TinyModelConfig
+from sedsft.chat import prompt_messages
+from sedsft.config import ConfigError, GGUFConfig, TinyModelConfig, section
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # ChatML, the template of Qwen2.5 and SmolLM2: each turn is <|im_start|>role\n...<|im_end|>\n
@@ -70,7 +71,7 @@ def build_model(tokenizer, cfg: TinyModelConfig, seed: int):
 
 
 def conversation(system_prompt: str, question: str, answer: str | None = None) -> list[dict]:
-    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+    messages = prompt_messages(system_prompt, question)
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages
@@ -133,3 +134,25 @@ def build_and_pretrain(task_dir: str | Path, out_dir: str | Path, cfg: TinyModel
     return {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer),
             "pretrain_steps": cfg.pretrain_steps, "first_loss": losses[0] if losses else None,
             "final_loss": losses[-1] if losses else None, "log_history": history}
+
+
+# ----------------------------------------------------------------------------- the base_model stage
+# (a GGUF base model is converted in gguf_model instead)
+
+
+def base_model_arguments(parser) -> None:
+    parser.add_argument("--task-dir", help="the tiny task's folder (pretrain.jsonl, sft.jsonl; written by "
+                                           "tiny_task); a tiny model needs it, a GGUF one does not")
+    parser.add_argument("--out-dir", required=True, help="model folder this stage writes (save_pretrained)")
+
+
+def run_base_model(args, settings: dict) -> dict:
+    if settings["model"]["gguf"] is not None:
+        from sedsft.gguf_model import convert
+
+        return convert(section(settings, GGUFConfig, "model.gguf"), args.out_dir,
+                       settings["model"]["trust_remote_code"])
+    if not args.task_dir:
+        raise ConfigError("base-model: a tiny model needs --task-dir (the tiny task's files)")
+    tiny = section(settings, TinyModelConfig, "model.tiny")
+    return build_and_pretrain(args.task_dir, args.out_dir, tiny, settings["seed"], settings["system_prompt"])

@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from sedsft.config import ConfigError
+from sedsft.config import ConfigError, TinyModelConfig, section
 
 NAMES = ["Ava", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea"]
 ITEMS = ["apples", "books", "coins", "pens", "shells", "stamps", "cards", "marbles"]
@@ -105,3 +105,19 @@ def generate(out_dir: str | Path, *, seed: int, pretrain_problems: int, sft_prob
             for item in items:
                 fh.write(json.dumps(item) + "\n")
     return {split: len(items) for split, items in rows.items()}
+
+
+# ----------------------------------------------------------------------------- the tiny_task stage
+
+
+def tiny_task_arguments(parser) -> None:
+    parser.add_argument("--out-dir", required=True,
+                        help="folder this stage writes pretrain/sft/rl/test.jsonl into (results/<exp>/data/tiny)")
+
+
+def run_tiny_task(args, settings: dict) -> dict:
+    tiny = section(settings, TinyModelConfig, "model.tiny")
+    counts = generate(args.out_dir, seed=settings["seed"], pretrain_problems=tiny.pretrain_problems,
+                      sft_problems=tiny.sft_problems, rl_problems=tiny.rl_problems,
+                      test_problems=tiny.test_problems, max_operand=tiny.max_operand)
+    return {"rows": counts}

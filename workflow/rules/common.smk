@@ -5,6 +5,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from sedsft import artifacts
 from sedsft import config as C
 from sedsft.launch import command_prefix, job_gpus, rl_command_prefix
 
@@ -66,13 +67,13 @@ def owner(exp, stage):
 
 
 def tiny_task_file(exp, split):
-    return f"results/{owner(exp, 'tiny_task')}/data/tiny/{split}.jsonl"
+    return artifacts.tiny_task_file(split, owner(exp, "tiny_task"))
 
 
 def base_model(w):
     """The base model: the one the workflow built (tiny, gguf), or a Hub id / local folder."""
     if builds_base_model(w.exp):
-        return f"results/{owner(w.exp, 'base_model')}/base/model"
+        return artifacts.model("base", owner(w.exp, "base_model"))
     return experiment(w.exp)["model"]["path"]
 
 
@@ -96,7 +97,7 @@ def data_source(w, section):
 def data_source_input(section):
     def inputs(w):
         source = data_source(w, section)
-        return [source] if Path(source).exists() or source.startswith("results/") else []
+        return [source] if Path(source).exists() or source.startswith(f"{artifacts.RESULTS}/") else []
 
     return inputs
 
@@ -125,11 +126,11 @@ def benchmarks(exp):
 
 
 def stage_model(w):
-    return base_model(w) if w.stage == "base" else f"results/{w.exp}/{w.stage}/model"
+    return base_model(w) if w.stage == "base" else artifacts.model(w.stage, w.exp)
 
 
 def stage_model_input(w):
-    return base_model_input(w) if w.stage == "base" else [f"results/{w.exp}/{w.stage}/model"]
+    return base_model_input(w) if w.stage == "base" else [artifacts.model(w.stage, w.exp)]
 
 
 # ----------------------------------------------------------------------------- diversity inputs
@@ -137,19 +138,21 @@ def stage_model_input(w):
 
 def diversity_prompts_input(w):
     sources = experiment(w.exp)["diversity"]["sources"]
-    return [f"results/{w.exp}/data/rl_prompts.parquet"] if "rl" in sources else []
+    return [artifacts.rl_prompts(w.exp)] if "rl" in sources else []
 
 
 def diversity_benchmarks_input(w):
-    return [f"results/{w.exp}/data/bench/{b}.parquet" for b in C.diversity_benchmarks(experiment(w.exp))]
+    return [artifacts.bench_problems(b, w.exp) for b in C.diversity_benchmarks(experiment(w.exp))]
 
 
 # ----------------------------------------------------------------------------- evaluation inputs
 
 
-def eval_inputs(kind):
+def eval_inputs(template):
+    """The artifact template (with {exp}, {stage} and {bench}) for every benchmark the experiment evaluates."""
+
     def inputs(w):
-        return [f"results/{w.exp}/{kind.format(stage=w.stage, bench=bench)}" for bench in benchmarks(w.exp)]
+        return [template.format(exp=w.exp, stage=w.stage, bench=bench) for bench in benchmarks(w.exp)]
 
     return inputs
 
@@ -166,8 +169,8 @@ def comparison(name):
         raise WorkflowError(str(error)) from None
 
 
-def comparison_inputs(artifact):
-    return lambda w: [f"results/{exp}/{artifact}" for exp in comparison(w.name)]
+def comparison_inputs(template):
+    return lambda w: [template.format(exp=exp) for exp in comparison(w.name)]
 
 
 def comparison_json(w):

@@ -6,22 +6,22 @@
 
 rule compare:
     input:
-        sft_eval=comparison_inputs("sft_eval.json"),
-        rl_eval=comparison_inputs("rl_eval.json"),
-        diversity=comparison_inputs("sft/diversity.json"),
-        sft_train=comparison_inputs("sft/train.json"),
-        sft_metrics=comparison_inputs("sft/metrics.jsonl"),
-        rl_train=comparison_inputs("rl/train.json"),
+        sft_eval=comparison_inputs(artifacts.eval_result("sft")),
+        rl_eval=comparison_inputs(artifacts.eval_result("rl")),
+        diversity=comparison_inputs(artifacts.diversity_summary("sft")),
+        sft_train=comparison_inputs(artifacts.train_summary("sft")),
+        sft_metrics=comparison_inputs(artifacts.sft_metrics()),
+        rl_train=comparison_inputs(artifacts.train_summary("rl")),
     output:
-        table=compare_report("results/compare/{name}.md", "table (Markdown)"),
-        pass_at_k_plot=compare_report("results/compare/{name}_pass_at_k.png", "pass@k"),
-        diversity_plot=compare_report("results/compare/{name}_diversity.png", "diversity"),
-        training_plot=compare_report("results/compare/{name}_training.png", "training"),
-        summary="results/compare/{name}.json",
+        table=compare_report(artifacts.comparison_table(), "table (Markdown)"),
+        pass_at_k_plot=compare_report(artifacts.comparison_plot("pass_at_k"), "pass@k"),
+        diversity_plot=compare_report(artifacts.comparison_plot("diversity"), "diversity"),
+        training_plot=compare_report(artifacts.comparison_plot("training"), "training"),
+        summary=artifacts.comparison_summary(),
     log:
-        "results/compare/logs/compare_{name}.log",
+        artifacts.comparison_log(),
     benchmark:
-        "results/compare/benchmarks/compare_{name}.tsv"
+        artifacts.comparison_timing()
     wildcard_constraints:
         name="[A-Za-z0-9][A-Za-z0-9_.-]*",
     conda:

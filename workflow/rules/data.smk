@@ -4,15 +4,15 @@
 
 rule tiny_task:
     output:
-        pretrain="results/{exp}/data/tiny/pretrain.jsonl",
-        sft="results/{exp}/data/tiny/sft.jsonl",
-        rl="results/{exp}/data/tiny/rl.jsonl",
-        test="results/{exp}/data/tiny/test.jsonl",
-        summary="results/{exp}/data/tiny/summary.json",
+        pretrain=artifacts.tiny_task_file("pretrain"),
+        sft=artifacts.tiny_task_file("sft"),
+        rl=artifacts.tiny_task_file("rl"),
+        test=artifacts.tiny_task_file("test"),
+        summary=artifacts.tiny_task_summary(),
     log:
-        "results/{exp}/logs/tiny_task.log",
+        artifacts.job_log("tiny_task"),
     benchmark:
-        "results/{exp}/benchmarks/tiny_task.tsv"
+        artifacts.job_timing("tiny_task")
     retries: 2
     conda:
         CONDA_ENV
@@ -31,12 +31,12 @@ rule base_model:
     input:
         unpack(tiny_task_inputs),
     output:
-        model=directory("results/{exp}/base/model"),
-        summary="results/{exp}/base/summary.json",
+        model=directory(artifacts.model("base")),
+        summary=artifacts.base_model_summary(),
     log:
-        "results/{exp}/logs/base_model.log",
+        artifacts.job_log("base_model"),
     benchmark:
-        "results/{exp}/benchmarks/base_model.tsv"
+        artifacts.job_timing("base_model")
     retries: 2
     conda:
         CONDA_ENV
@@ -57,13 +57,13 @@ rule sft_data:
         tokenizer=base_model_input,
         source=data_source_input("sft"),
     output:
-        train="results/{exp}/data/sft_train.parquet",
-        val="results/{exp}/data/sft_val.parquet",
-        summary="results/{exp}/data/sft_data.json",
+        train=artifacts.sft_data("train"),
+        val=artifacts.sft_data("val"),
+        summary=artifacts.sft_data_summary(),
     log:
-        "results/{exp}/logs/sft_data.log",
+        artifacts.job_log("sft_data"),
     benchmark:
-        "results/{exp}/benchmarks/sft_data.tsv"
+        artifacts.job_timing("sft_data")
     retries: 2
     conda:
         CONDA_ENV
@@ -85,12 +85,12 @@ rule rl_prompts:
     input:
         source=data_source_input("rl"),
     output:
-        prompts="results/{exp}/data/rl_prompts.parquet",
-        summary="results/{exp}/data/rl_prompts.json",
+        prompts=artifacts.rl_prompts(),
+        summary=artifacts.rl_prompts_summary(),
     log:
-        "results/{exp}/logs/rl_prompts.log",
+        artifacts.job_log("rl_prompts"),
     benchmark:
-        "results/{exp}/benchmarks/rl_prompts.tsv"
+        artifacts.job_timing("rl_prompts")
     retries: 2
     conda:
         CONDA_ENV
@@ -110,12 +110,12 @@ rule benchmark_data:
     input:
         tiny_test=lambda w: [tiny_task_file(w.exp, "test")] if w.bench == "tiny" else [],
     output:
-        problems="results/{exp}/data/bench/{bench}.parquet",
-        summary="results/{exp}/data/bench/{bench}.json",
+        problems=artifacts.bench_problems(),
+        summary=artifacts.bench_summary(),
     log:
-        "results/{exp}/logs/benchmark_data_{bench}.log",
+        artifacts.job_log("benchmark_data_{bench}"),
     benchmark:
-        "results/{exp}/benchmarks/benchmark_data_{bench}.tsv"
+        artifacts.job_timing("benchmark_data_{bench}")
     retries: 2
     conda:
         CONDA_ENV
@@ -124,9 +124,9 @@ rule benchmark_data:
         mem_mb=mem_mb("benchmark_data"),
         runtime=runtime("benchmark_data"),
     params:
-        settings=stage_json("benchmark"),
+        settings=stage_json("benchmark_data"),
         tiny_test=lambda w, input: f"--tiny-test {input.tiny_test}" if input.tiny_test else "",
     shell:
-        "sedsft benchmark --experiment {wildcards.exp} --settings {params.settings:q}"
+        "sedsft benchmark-data --experiment {wildcards.exp} --settings {params.settings:q}"
         " --name {wildcards.bench} {params.tiny_test} --out {output.problems}"
         " --summary {output.summary} > {log} 2>&1"

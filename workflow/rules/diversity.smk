@@ -8,15 +8,15 @@ rule diversity:
         prompts=diversity_prompts_input,
         benchmarks=diversity_benchmarks_input,
     output:
-        summary="results/{exp}/{stage}/diversity.json",
-        samples="results/{exp}/{stage}/diversity_samples.jsonl",
-        per_prompt="results/{exp}/{stage}/diversity_per_prompt.jsonl",
-        pass_at_k_plot="results/{exp}/{stage}/diversity_pass_at_k.png",
-        metrics_plot="results/{exp}/{stage}/diversity_metrics.png",
+        summary=artifacts.diversity_summary(),
+        samples=artifacts.diversity_samples(),
+        per_prompt=artifacts.diversity_per_prompt(),
+        pass_at_k_plot=artifacts.diversity_plot("pass_at_k"),
+        metrics_plot=artifacts.diversity_plot("metrics"),
     log:
-        "results/{exp}/logs/diversity_{stage}.log",
+        artifacts.job_log("diversity_{stage}"),
     benchmark:
-        "results/{exp}/benchmarks/diversity_{stage}.tsv"
+        artifacts.job_timing("diversity_{stage}")
     wildcard_constraints:
         stage="base|sft|rl",
     conda:

@@ -5,14 +5,14 @@
 rule generate:
     input:
         model=stage_model_input,
-        problems="results/{exp}/data/bench/{bench}.parquet",
+        problems=artifacts.bench_problems(),
     output:
-        generations="results/{exp}/eval/{stage}/{bench}.jsonl",
-        summary="results/{exp}/eval/{stage}/{bench}.generation.json",
+        generations=artifacts.generations(),
+        summary=artifacts.generation_summary(),
     log:
-        "results/{exp}/logs/generate_{stage}_{bench}.log",
+        artifacts.job_log("generate_{stage}_{bench}"),
     benchmark:
-        "results/{exp}/benchmarks/generate_{stage}_{bench}.tsv"
+        artifacts.job_timing("generate_{stage}_{bench}")
     wildcard_constraints:
         stage="base|sft|rl",
     # seeded and writing only its own outputs: a retry (after a lost node, say) is safe
@@ -36,15 +36,15 @@ rule generate:
 
 rule grade:
     input:
-        generations="results/{exp}/eval/{stage}/{bench}.jsonl",
-        problems="results/{exp}/data/bench/{bench}.parquet",
+        generations=artifacts.generations(),
+        problems=artifacts.bench_problems(),
     output:
-        graded="results/{exp}/eval/{stage}/{bench}.graded.jsonl",
-        summary="results/{exp}/eval/{stage}/{bench}.grading.json",
+        graded=artifacts.graded(),
+        summary=artifacts.grading_summary(),
     log:
-        "results/{exp}/logs/grade_{stage}_{bench}.log",
+        artifacts.job_log("grade_{stage}_{bench}"),
     benchmark:
-        "results/{exp}/benchmarks/grade_{stage}_{bench}.tsv"
+        artifacts.job_timing("grade_{stage}_{bench}")
     wildcard_constraints:
         stage="base|sft|rl",
     retries: 1
@@ -66,20 +66,20 @@ rule grade:
 rule eval_report:
     input:
         model=stage_model_input,
-        graded=eval_inputs("eval/{stage}/{bench}.graded.jsonl"),
-        generation=eval_inputs("eval/{stage}/{bench}.generation.json"),
-        bench=eval_inputs("data/bench/{bench}.json"),
+        graded=eval_inputs(artifacts.graded()),
+        generation=eval_inputs(artifacts.generation_summary()),
+        bench=eval_inputs(artifacts.bench_summary()),
         # RL results carry the diversity of the SFT model they started from (the paper's link)
-        diversity=lambda w: ["results/{exp}/sft/diversity.json"] if w.stage == "rl" else [],
+        diversity=lambda w: [artifacts.diversity_summary("sft")] if w.stage == "rl" else [],
         # ... and the SFT model's scores, so the headline file shows what RL added
-        baseline=lambda w: ["results/{exp}/sft_eval.json"] if w.stage == "rl" else [],
+        baseline=lambda w: [artifacts.eval_result("sft")] if w.stage == "rl" else [],
     output:
-        result="results/{exp}/{stage}_eval.json",
-        table="results/{exp}/{stage}_eval.md",
+        result=artifacts.eval_result(),
+        table=artifacts.eval_table(),
     log:
-        "results/{exp}/logs/eval_report_{stage}.log",
+        artifacts.job_log("eval_report_{stage}"),
     benchmark:
-        "results/{exp}/benchmarks/eval_report_{stage}.tsv"
+        artifacts.job_timing("eval_report_{stage}")
     wildcard_constraints:
         stage="base|sft|rl",
     conda:
@@ -96,6 +96,6 @@ rule eval_report:
         diversity=lambda w, input: f"--diversity {input.diversity}" if input.diversity else "",
         baseline=lambda w, input: f"--baseline {input.baseline}" if input.baseline else "",
     shell:
-        "sedsft report --experiment {wildcards.exp} --settings '{{}}' --model {params.model:q}"
+        "sedsft eval-report --experiment {wildcards.exp} --settings '{{}}' --model {params.model:q}"
         " --label {wildcards.stage} --graded {params.graded} --generation-meta {params.generation}"
         " --bench-meta {params.bench} {params.diversity} {params.baseline} --out-md {output.table} --summary {output.result} > {log} 2>&1"

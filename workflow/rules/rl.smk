@@ -3,15 +3,15 @@
 
 rule rl:
     input:
-        model="results/{exp}/sft/model",
-        prompts="results/{exp}/data/rl_prompts.parquet",
+        model=artifacts.model("sft"),
+        prompts=artifacts.rl_prompts(),
     output:
-        model=directory("results/{exp}/rl/model"),
-        summary="results/{exp}/rl/train.json",
+        model=directory(artifacts.model("rl")),
+        summary=artifacts.train_summary("rl"),
     log:
-        "results/{exp}/logs/rl.log",
+        artifacts.job_log("rl"),
     benchmark:
-        "results/{exp}/benchmarks/rl.tsv"
+        artifacts.job_timing("rl")
     conda:
         CONDA_ENV
     threads: cpus("rl", 2)

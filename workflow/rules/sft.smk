@@ -4,13 +4,13 @@
 rule threshold:
     input:
         base=base_model_input,
-        val="results/{exp}/data/sft_val.parquet",
+        val=artifacts.sft_data("val"),
     output:
-        "results/{exp}/sft/threshold.json",
+        artifacts.threshold(),
     log:
-        "results/{exp}/logs/threshold.log",
+        artifacts.job_log("threshold"),
     benchmark:
-        "results/{exp}/benchmarks/threshold.tsv"
+        artifacts.job_timing("threshold")
     conda:
         CONDA_ENV
     threads: cpus("threshold", 2)
@@ -30,17 +30,17 @@ rule threshold:
 rule sft:
     input:
         base=base_model_input,
-        train="results/{exp}/data/sft_train.parquet",
+        train=artifacts.sft_data("train"),
         # tau comes from the base model: shared along `extends` like the base model itself
-        threshold=lambda w: f"results/{owner(w.exp, 'threshold')}/sft/threshold.json",
+        threshold=lambda w: artifacts.threshold(owner(w.exp, "threshold")),
     output:
-        model=directory("results/{exp}/sft/model"),
-        summary="results/{exp}/sft/train.json",
-        metrics="results/{exp}/sft/metrics.jsonl",
+        model=directory(artifacts.model("sft")),
+        summary=artifacts.train_summary("sft"),
+        metrics=artifacts.sft_metrics(),
     log:
-        "results/{exp}/logs/sft.log",
+        artifacts.job_log("sft"),
     benchmark:
-        "results/{exp}/benchmarks/sft.tsv"
+        artifacts.job_timing("sft")
     conda:
         CONDA_ENV
     threads: cpus("sft", 2)

@@ -1,0 +1,47 @@
+"""The workflow's stages, named once.
+
+A stage's name is its Snakemake rule (what logs, `--until` and the benchmark files show); its
+command is `sedsft <name with dashes>`. The module named here holds the command:
+`<name>_arguments(parser)` adds the stage's own flags, `run_<name>(args, settings)` does the
+work and returns the summary. `sections` are the settings the stage reads (config.stage_settings:
+a rule passes exactly these, so editing one re-runs only the stages that read it); None for a
+stage that takes no experiment slice. `gpus`: the stage runs a model, so its job may be given
+GPUs (launch.job_gpus) and its command takes --gpus.
+
+Standard library only: config, launch, the CLI and the Snakefile read this at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Stage(NamedTuple):
+    module: str
+    sections: tuple[str, ...] | None
+    gpus: bool = False
+
+
+STAGES: dict[str, Stage] = {
+    "tiny_task": Stage("sedsft.tinytask", ("seed", "system_prompt", "model.tiny")),
+    "base_model": Stage("sedsft.tinymodel", ("seed", "system_prompt", "model")),
+    "sft_data": Stage("sedsft.data", ("seed", "system_prompt", "model", "data.sft")),
+    "rl_prompts": Stage("sedsft.data", ("seed", "system_prompt", "data.rl")),
+    "benchmark_data": Stage("sedsft.data", ("benchmarks_dir", "eval.limit")),
+    "threshold": Stage("sedsft.threshold", ("seed", "model", "threshold", "sft.top_k", "sft.ratio"), gpus=True),
+    "sft": Stage("sedsft.sft", ("seed", "model", "sft"), gpus=True),
+    "diversity": Stage("sedsft.diversity", ("seed", "system_prompt", "model.trust_remote_code", "diversity"),
+                       gpus=True),
+    "rl": Stage("sedsft.rl", ("seed", "model.trust_remote_code", "rl"), gpus=True),
+    # plus the one benchmark's sampling settings: see config.generate_settings()
+    "generate": Stage("sedsft.generation", ("seed", "system_prompt", "model.trust_remote_code", "eval.backend",
+                                            "eval.tensor_parallel_size", "eval.batch_size", "eval.max_new_tokens"),
+                      gpus=True),
+    "grade": Stage("sedsft.evaluate", ("eval.grading_workers", "eval.grading_timeout_s")),
+    "eval_report": Stage("sedsft.evaluate", None),  # reads only the files it is given
+    "compare": Stage("sedsft.compare", None),  # --settings: the comparison (common.smk comparison_json)
+}
+
+
+def command(stage: str) -> str:
+    return stage.replace("_", "-")
