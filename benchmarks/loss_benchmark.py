@@ -24,6 +24,7 @@ Ratios are relative to naive_ce.
 from __future__ import annotations
 
 import argparse
+import csv
 import ctypes
 import gc
 import os
@@ -157,6 +158,8 @@ def main(argv=None):
     p.add_argument("--ignored", type=float, default=0.1, help="fraction of rows with label -100")
     p.add_argument("--methods", default="naive_ce,upstream_sed,fused_ce,fused_sed,checkpointed_sed")
     p.add_argument("--no-rss", action="store_true", help="CPU: run all methods in this process, no RSS column")
+    p.add_argument("--json", metavar="FILE", help="also write the rows (and the settings) as JSON")
+    p.add_argument("--csv", metavar="FILE", help="also write the rows as CSV, one per method")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -191,7 +194,7 @@ def main(argv=None):
     rows = []
     for name in args.methods.split(","):
         if use_rss:
-            child = [a for a in argv if not a.startswith("--methods")]
+            child = without_options(argv, ("--methods", "--json", "--csv"))
             out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *child, "--methods", name, "--child"],
                                  check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
@@ -224,7 +227,34 @@ def main(argv=None):
             line += (f"{fmt_bytes(r['saved']):>12}{r['saved'] / base['saved']:>8.2f}"
                      f"{fmt_bytes(r['largest']):>12}{r['largest'] / base['largest']:>10.2f}")
         print(line)
+    write_rows(rows, args)
     return rows
+
+
+def without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """argv less each `--name value` and `--name=value` of `names` (a child gets its own)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(f"{name}=" for name in names)):
+            out.append(arg)
+    return out
+
+
+def write_rows(rows: list[dict], args) -> None:
+    """The table as data: JSON (rows and the settings they were measured with) and CSV."""
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "csv", "child")}
+        Path(args.json).write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    if args.csv:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        with open(args.csv, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 if __name__ == "__main__":
