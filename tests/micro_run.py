@@ -70,7 +70,9 @@ def shared_micro_run(folder: Path) -> MicroRun:
     if done.exists():
         record = json.loads(done.read_text())
         return MicroRun(Path(record["clone"]), Path(record["config"]), record["seconds"])
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists():  # an earlier caller's run failed: its error was reported with it
+        raise AssertionError(f"the micro run in {folder} failed earlier in this session (see that test's error)")
+    folder.mkdir(parents=True)
     clone = fresh_clone(folder)
     config = write_overlay(folder / "micro.yaml")
     started = time.time()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sedsft.artifacts import write_jsonl
+from sedsft.artifacts import write_jsonl, write_text
 from sedsft.benchmarks import BENCHMARKS
 from sedsft.sources import DataError
 from sedsft.metrics import majority_correct, mean, pass_at_k, standard_error
@@ -160,5 +160,5 @@ def run_eval_report(args, settings: dict) -> dict:
         result["sft_baseline"] = {"average": baseline["average"],
                                   "accuracy": {b: v["accuracy"] for b, v in baseline["benchmarks"].items()}}
     table = markdown_table(result, args.label, baseline)
-    Path(args.out_md).write_text(f"# {args.experiment}: {args.label}\n\n" + table)
+    write_text(args.out_md, f"# {args.experiment}: {args.label}\n\n" + table)
     return result

@@ -26,29 +26,38 @@ wildcard_constraints:
     bench="[a-z0-9_]+",
 
 
-_EXPERIMENTS = {}
+_EXPERIMENTS = {}  # name -> (merged settings, the typed Experiment)
 
 
-def experiment(exp):
-    """The experiment's merged settings; an unknown name or a bad value stops the run here."""
+def _loaded(exp):
+    """An unknown name or a bad value stops the run here, before any job."""
     if exp not in _EXPERIMENTS:
         try:
             settings = C.experiment_settings(config, exp, REPO)
-            C.parse_experiment(settings, exp)
+            _EXPERIMENTS[exp] = settings, C.parse_experiment(settings, exp)
         except C.ConfigError as error:
             raise WorkflowError(str(error)) from None
-        _EXPERIMENTS[exp] = settings
     return _EXPERIMENTS[exp]
 
 
+def experiment(exp):
+    """The experiment's merged settings as plain data: what the stages receive (their slice,
+    as params) and what decides re-runs."""
+    return _loaded(exp)[0]
+
+
+def typed(exp):
+    """The same experiment typed (sedsft.config.Experiment): what the helpers here read."""
+    return _loaded(exp)[1]
+
+
 def is_tiny(exp):
-    return experiment(exp)["model"]["tiny"] is not None
+    return typed(exp).is_tiny
 
 
 def builds_base_model(exp):
     """The base model is made by the workflow (tiny: built and pretrained; gguf: converted)."""
-    model = experiment(exp)["model"]
-    return model["tiny"] is not None or model["gguf"] is not None
+    return typed(exp).model.built_locally
 
 
 def stage_json(stage):
@@ -74,7 +83,7 @@ def base_model(w):
     """The base model: the one the workflow built (tiny, gguf), or a Hub id / local folder."""
     if builds_base_model(w.exp):
         return artifacts.model("base", owner(w.exp, "base_model"))
-    return experiment(w.exp)["model"]["path"]
+    return typed(w.exp).model.path
 
 
 def base_model_input(w):
@@ -90,7 +99,7 @@ def tiny_task_inputs(w):
 
 def data_source(w, section):
     """A data source: the tiny task's file, a local file (tracked as input), or a Hub id."""
-    source = experiment(w.exp)["data"][section]["source"]
+    source = getattr(typed(w.exp).data, section).source
     return tiny_task_file(w.exp, section) if source == "tiny" else source
 
 
@@ -104,8 +113,8 @@ def data_source_input(section):
 
 # across_nodes: under a Slurm job of several nodes, one torchrun per node (sedsft.launch)
 def sft_launcher(w):
-    sft = experiment(w.exp)["sft"]
-    return command_prefix(sft["num_processes"], sft["deepspeed"], across_nodes=True)
+    sft = typed(w.exp).sft
+    return command_prefix(sft.num_processes, sft.deepspeed, across_nodes=True)
 
 
 def rl_launcher(w, input):
@@ -116,8 +125,7 @@ def rl_launcher(w, input):
 
 
 def benchmarks(exp):
-    settings = experiment(exp)
-    return list(settings["eval"]["benchmarks"]) + (["tiny"] if is_tiny(exp) else [])
+    return typed(exp).eval_benchmarks()
 
 
 # ----------------------------------------------------------------------------- the model of a stage
@@ -137,7 +145,7 @@ def stage_model_input(w):
 
 
 def diversity_prompts_input(w):
-    sources = experiment(w.exp)["diversity"]["sources"]
+    sources = typed(w.exp).diversity.sources
     return [artifacts.rl_prompts(w.exp)] if "rl" in sources else []
 
 
