@@ -200,10 +200,9 @@ def assert_sft_telemetry(metrics_file: str | Path, loss: str) -> None:
 
 # ----------------------------------------------------------------------------- determinism
 
-# Trainer and telemetry fields that measure time, the provenance's run time, and its checkout
-# (which moves when a commit lands between two runs, as on a shared working tree)
-VOLATILE_KEYS = {"seconds", "train_runtime", "train_samples_per_second", "train_steps_per_second", "tokens_per_s",
-                 "git_revision"}
+# The Trainer's timings (the base model's pre-training), the provenance's run time, and its
+# checkout (which moves when a commit lands between two runs, as on a shared working tree)
+VOLATILE_KEYS = {"seconds", "train_runtime", "train_samples_per_second", "train_steps_per_second", "git_revision"}
 RUN_SUMMARIES = ("data/tiny/summary.json", "base/summary.json", "data/sft_data.json", "sft/threshold.json")
 
 
