@@ -3,7 +3,7 @@
 #   setup     install carried wheels (if any) into a temporary folder (removed at the end);
 #             src/ on PYTHONPATH
 #   env       nvidia-smi -L, torch version, device name, package versions, vLLM or not
-#   bench     loss benchmark at 128,256 vocab x 8,192 tokens x 3,072 hidden in bf16: fused
+#   perf      loss speed and memory at 128,256 vocab x 8,192 tokens x 3,072 hidden in bf16: fused
 #             chunked SED vs fused chunked CE vs naive CE vs upstream-style SED (time, peak memory)
 #   pytest    tests/test_chunked_loss.py
 #   gpuonly   what only a GPU shows: fp32 master weights under bf16 autocast (tests/test_precision.py
@@ -22,13 +22,13 @@
 #     --no-wheels        install nothing: use the packages this Python already has
 #     --benchmarks DIR   folder with <benchmark>/test.jsonl for the eight benchmarks (default: the
 #                        config's benchmarks_dir, data/benchmarks of this checkout)
-#     --steps LIST       comma-separated subset of env,bench,pytest,gpuonly,workflow (default: all)
+#     --steps LIST       comma-separated subset of env,perf,pytest,gpuonly,workflow (default: all)
 #     --cores N          snakemake --cores (default: all)
 #     --configfile FILE  a config overlay merged over config.yaml (to resize tiny_gpu, say)
 #     --keep-results     reuse results/tiny_gpu instead of starting it afresh
 #     --logs DIR         where logs go (default: $OUT if set, else gpu_check_logs/)
 #     --allow-cpu        run without a CUDA GPU (a rehearsal: CPU-sized benchmark, slow workflow)
-# Time limits in seconds (environment): T_SETUP=45 T_ENV=45 T_BENCH=75 T_PYTEST=60 T_GPUONLY=180
+# Time limits in seconds (environment): T_SETUP=45 T_ENV=45 T_PERF=75 T_PYTEST=60 T_GPUONLY=180
 #   T_WORKFLOW=240
 set -uo pipefail
 
@@ -38,7 +38,7 @@ WHEELS=""
 NO_WHEELS=0
 OVERLAYS=()
 BENCHMARKS=""
-STEPS="env,bench,pytest,gpuonly,workflow"
+STEPS="env,perf,pytest,gpuonly,workflow"
 CORES=""
 KEEP=0
 LOGS=${OUT:-}
@@ -63,8 +63,8 @@ done
 
 STARTED=$(date +%s)
 for name in ${STEPS//,/ }; do
-    case "$name" in env|bench|pytest|gpuonly|workflow) ;;
-        *) echo "gpu_check.sh: unknown step '$name' in --steps (env, bench, pytest, gpuonly, workflow)" >&2; exit 2 ;;
+    case "$name" in env|perf|pytest|gpuonly|workflow) ;;
+        *) echo "gpu_check.sh: unknown step '$name' in --steps (env, perf, pytest, gpuonly, workflow)" >&2; exit 2 ;;
     esac
 done
 
@@ -82,7 +82,7 @@ LOGS=${LOGS:-$REPO/gpu_check_logs}
 mkdir -p "$LOGS"
 LOGS=$(cd "$LOGS" && pwd)
 cd "$REPO"
-rm -f "$LOGS"/{summary.txt,steps.tsv,checks.json,setup.log,bench.log,pytest.log,gpuonly.log,workflow.log,artifacts.tar.gz}
+rm -f "$LOGS"/{summary.txt,steps.tsv,checks.json,setup.log,perf.log,pytest.log,gpuonly.log,workflow.log,artifacts.tar.gz}
 printf 'name\tstatus\tseconds\trc\tlog\tlimit\tnote\n' > "$LOGS/steps.tsv"
 CORES=${CORES:-$(nproc)}
 
@@ -155,13 +155,13 @@ if [[ ",$STEPS," == *",env,"* ]]; then nvidia-smi -L 2>/dev/null || echo "nvidia
 step env "${T_ENV:-45}" setup.log "$PYTHON" scripts/gpu_check_summary.py env --json "$LOGS/checks.json"
 grep -E '^(python|device 0|packages|vLLM)' "$LOGS/setup.log" 2>/dev/null | sed 's/^/   /'
 
-# ---------------------------------------------------------------- bench + pytest
+# ---------------------------------------------------------------- perf + pytest
 if [ "$HAS_CUDA" = yes ]; then
     BENCH_ARGS=(--device cuda --tokens 8192 --hidden 3072 --vocab 128256 --dtype bf16 --repeats 5)
 else  # CPU rehearsal: the benchmark's CPU-sized defaults
     BENCH_ARGS=(--device cpu --no-rss)
 fi
-step bench "${T_BENCH:-75}" bench.log "$PYTHON" scripts/gpu_check_summary.py bench --json "$LOGS/checks.json" \
+step perf "${T_PERF:-75}" perf.log "$PYTHON" scripts/gpu_check_summary.py perf --json "$LOGS/checks.json" \
     -- "${BENCH_ARGS[@]}" --methods naive_ce,upstream_sed,fused_ce,fused_sed,checkpointed_sed
 step pytest "${T_PYTEST:-60}" pytest.log "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_chunked_loss.py
 step gpuonly "${T_GPUONLY:-180}" gpuonly.log "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_precision.py \
@@ -195,7 +195,7 @@ if [[ ",$STEPS," == *",workflow,"* ]] && [ "$KEEP" != 1 ]; then rm -rf results/t
 # the target first: --config and --configfile take every argument after them
 step workflow "${T_WORKFLOW:-240}" workflow.log "$PYTHON" -m snakemake results/tiny_gpu/rl_eval.json "${SNAKE[@]}"
 if [ -d results/tiny_gpu ]; then
-    (cd results && find tiny_gpu -maxdepth 4 -type f \( -path '*/logs/*' -o -path '*/benchmarks/*' \
+    (cd results && find tiny_gpu -maxdepth 4 -type f \( -path '*/logs/*' -o -path '*/timings/*' \
         -o -name '*.json' -o -name '*.jsonl' -o -name '*.md' \) -not -path '*/model/*' \
         -not -path '*/checkpoints/*' -not -path '*/data/*' -print0 \
         | tar czf "$LOGS/artifacts.tar.gz" --null -T - 2>/dev/null) || true

@@ -1,14 +1,14 @@
-"""The Python half of scripts/gpu_check.sh: probe the machine, run the loss benchmark into JSON,
+"""The Python half of scripts/gpu_check.sh: probe the machine, run the loss perf script into JSON,
 and print the one summary block from the logs and the workflow's artifacts.
 
     python3 scripts/gpu_check_summary.py env --json LOGS/checks.json
-    python3 scripts/gpu_check_summary.py bench --json LOGS/checks.json -- --device cuda --tokens 8192 ...
+    python3 scripts/gpu_check_summary.py perf --json LOGS/checks.json -- --device cuda --tokens 8192 ...
     python3 scripts/gpu_check_summary.py summary --logs LOGS --results results/tiny_gpu
 
-`env` and `bench` each add one key to the JSON file (`env`, `bench`); `summary` reads it, the
+`env` and `perf` each add one key to the JSON file (`env`, `perf`); `summary` reads it, the
 step table LOGS/steps.tsv (name, status, seconds, exit code, log file, time limit) that
 gpu_check.sh writes, the step logs, and under --results the workflow's timings
-(benchmarks/*.tsv), SFT metrics (sft/metrics.jsonl, sft/train.json), GRPO log (rl/train.json)
+(timings/*.tsv), SFT metrics (sft/metrics.jsonl, sft/train.json), GRPO log (rl/train.json)
 and evaluations (sft_eval.json, rl_eval.json). Whatever is missing is reported as missing: the
 summary never fails because a step did.
 """
@@ -36,7 +36,7 @@ from sedsft.artifacts import read_json_or_none as read_json, read_jsonl_lines_th
 # what the probe reports (the stack a GPU run needs), beside what provenance records in artifacts
 PACKAGES = ("torch", "transformers", "accelerate", "trl", "deepspeed", "datasets", "snakemake",
             "math-verify", "jsonschema", "pandas", "pyarrow", "vllm")
-BENCH_METHODS = ("naive_ce", "upstream_sed", "fused_ce", "fused_sed", "checkpointed_sed")
+PERF_METHODS = ("naive_ce", "upstream_sed", "fused_ce", "fused_sed", "checkpointed_sed")
 # pipeline order of the per-rule timings; generate/grade/benchmark_data jobs are grouped
 STAGE_ORDER = ("tiny_task", "base_model", "sft_data", "rl_prompts", "benchmark_data", "threshold", "sft",
                "diversity_sft", "generate_sft", "grade_sft", "eval_report_sft", "rl", "generate_rl",
@@ -133,12 +133,12 @@ def vllm_line(env: dict) -> str:
             "use HF generate")
 
 
-# ----------------------------------------------------------------------------- bench
+# ----------------------------------------------------------------------------- perf
 
 
-def run_bench(argv: list[str]) -> list[dict]:
-    """benchmarks/loss_benchmark.py's main(argv): prints its table, returns its rows."""
-    spec = importlib.util.spec_from_file_location("loss_benchmark", REPO / "benchmarks" / "loss_benchmark.py")
+def run_loss_perf(argv: list[str]) -> list[dict]:
+    """perf/loss.py's main(argv): prints its table, returns its rows."""
+    spec = importlib.util.spec_from_file_location("perf_loss", REPO / "perf" / "loss.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     rows = module.main(argv)
@@ -146,18 +146,18 @@ def run_bench(argv: list[str]) -> list[dict]:
     return rows
 
 
-def bench_lines(bench: dict | None) -> list[str]:
-    """The benchmark table plus the ratios of the fused SED loss to each other method."""
-    if not bench or not bench.get("rows"):
-        return ["(no benchmark rows)"]
-    rows = {r["name"]: r for r in bench["rows"]}
+def perf_lines(perf: dict | None) -> list[str]:
+    """The loss perf table plus the ratios of the fused SED loss to each other method."""
+    if not perf or not perf.get("rows"):
+        return ["(no loss perf rows)"]
+    rows = {r["name"]: r for r in perf["rows"]}
     # CUDA: the allocator's peak; CPU: the largest tensor any op creates (rss needs fresh processes)
-    mem_key = next((k for k in ("peak", "largest") if k in bench["rows"][0]), None)
-    base = rows.get("naive_ce", bench["rows"][0])
+    mem_key = next((k for k in ("peak", "largest") if k in perf["rows"][0]), None)
+    base = rows.get("naive_ce", perf["rows"][0])
     mem_name = mem_key or "memory"
-    lines = ["benchmarks/loss_benchmark.py " + " ".join(bench.get("args", [])),
+    lines = ["perf/loss.py " + " ".join(perf.get("args", [])),
              f"  {'method':<18}{'loss':>9}{'time ms':>10}{'x time':>8}{mem_name:>12}{'x ' + mem_name:>10}"]
-    for name in [m for m in BENCH_METHODS if m in rows] + [m for m in rows if m not in BENCH_METHODS]:
+    for name in [m for m in PERF_METHODS if m in rows] + [m for m in rows if m not in PERF_METHODS]:
         r = rows[name]
         mem = r.get(mem_key) if mem_key else None
         lines.append(f"  {name:<18}{_num(r.get('loss'), '.4f'):>9}{_num(_ms(r.get('time')), '.1f'):>10}"
@@ -404,8 +404,8 @@ def summary(logs: Path, results: Path, elapsed: float | None = None) -> str:
             text += f"  {failure_reason(step, logs)}"
         out.append(text)
     by_name = {s["name"]: s for s in steps}
-    out.append("loss benchmark (forward + backward; x = relative to naive_ce):")
-    out += ["  " + line if not line.startswith("  ") else line for line in bench_lines(checks.get("bench"))]
+    out.append("loss perf (forward + backward; x = relative to naive_ce):")
+    out += ["  " + line if not line.startswith("  ") else line for line in perf_lines(checks.get("perf"))]
     for name in ("pytest", "gpuonly"):
         step = by_name.get(name)
         if step and step["status"] != "SKIPPED":
@@ -433,7 +433,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("env", help="probe the machine; print it and store it under 'env'")
     e.add_argument("--json", type=Path, required=True)
-    b = sub.add_parser("bench", help="run benchmarks/loss_benchmark.py with the arguments after --")
+    b = sub.add_parser("perf", help="run perf/loss.py with the arguments after --")
     b.add_argument("--json", type=Path, required=True)
     b.add_argument("args", nargs=argparse.REMAINDER)
     s = sub.add_parser("summary", help="print the summary block")
@@ -447,10 +447,10 @@ def main(argv=None) -> int:
         update_json(args.json, "env", env)
         print_env(env)
         return 0
-    if args.command == "bench":
-        bench_args = args.args[1:] if args.args[:1] == ["--"] else args.args
-        rows = run_bench(bench_args)
-        update_json(args.json, "bench", {"args": bench_args, "rows": rows})
+    if args.command == "perf":
+        perf_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+        rows = run_loss_perf(perf_args)
+        update_json(args.json, "perf", {"args": perf_args, "rows": rows})
         return 0
     text = summary(args.logs, args.results, args.elapsed)
     print(text)

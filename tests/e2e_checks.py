@@ -227,7 +227,7 @@ def assert_same_run_up_to_tau(first: str | Path, second: str | Path) -> None:
     SFT itself is compared likewise by the kill tests of tests/test_reliability.py (a run
     killed and resumed in another folder ends with the uninterrupted run's model folder, byte
     for byte), and generations are seeded per batch and compared there too. Logs and
-    benchmarks/*.tsv hold timings by design. This holds on CPU; GPU kernels (bf16 reductions,
+    timings/*.tsv hold timings by design. This holds on CPU; GPU kernels (bf16 reductions,
     atomics, vLLM's batching) are not bit-reproducible, and no claim is made there."""
     first, second = Path(first), Path(second)
     bit_identical = [f"data/tiny/{split}.jsonl" for split in ("pretrain", "sft", "rl", "test")]

@@ -83,7 +83,7 @@ def test_gpu_check_allow_cpu_runs_and_prints_one_summary(tmp_path):
     summary = (logs / "summary.txt").read_text()
     assert "vLLM      : NOT installed" in summary or "vLLM      : installed" in summary
     steps = {line.split("\t")[0]: line.split("\t")[1] for line in (logs / "steps.tsv").read_text().splitlines()[1:]}
-    assert steps == {"setup": "SKIPPED", "env": "OK", "bench": "SKIPPED", "pytest": "SKIPPED", "gpuonly": "SKIPPED",
+    assert steps == {"setup": "SKIPPED", "env": "OK", "perf": "SKIPPED", "pytest": "SKIPPED", "gpuonly": "SKIPPED",
                      "workflow": "SKIPPED"}
     env = json.loads((logs / "checks.json").read_text())["env"]
     assert env["cuda_available"] is False and env["packages"]["torch"]
@@ -185,7 +185,7 @@ def write_fake_run(tmp_path: Path) -> tuple[Path, Path]:
     steps = [("name", "status", "seconds", "rc", "log", "limit", "note"),
              ("setup", "OK", "9", "0", "setup.log", "60", ""),
              ("env", "OK", "6", "0", "setup.log", "60", ""),
-             ("bench", "OK", "31", "0", "bench.log", "75", ""),
+             ("perf", "OK", "31", "0", "perf.log", "75", ""),
              ("pytest", "OK", "12", "0", "pytest.log", "60", ""),
              ("workflow", "FAILED", "270", "124", "workflow.log", "270", "Select jobs to execute...")]
     (logs / "steps.tsv").write_text("".join("\t".join(row) + "\n" for row in steps))
@@ -199,13 +199,13 @@ def write_fake_run(tmp_path: Path) -> tuple[Path, Path]:
            "gpu_query": "NVIDIA H200, 143771 MiB, 580.159.04", "torch": "2.11.0+cu130", "torch_cuda": "13.0",
            "cuda_available": True, "device_name": "NVIDIA H200", "bf16": True, "vllm": False,
            "packages": {"torch": "2.11.0+cu130", "trl": "1.16.0", "deepspeed": "0.19.8", "vllm": None}}
-    (logs / "checks.json").write_text(json.dumps({"env": env, "bench": {"args": ["--device", "cuda"], "rows": rows}}))
+    (logs / "checks.json").write_text(json.dumps({"env": env, "perf": {"args": ["--device", "cuda"], "rows": rows}}))
     (logs / "pytest.log").write_text("....\n301 passed in 8.02s\n")
     (logs / "workflow.log").write_text("Error in rule rl:\n    log: results/tiny_gpu/logs/rl.log (check log file(s) for error details)\n")
-    (results / "benchmarks").mkdir(parents=True)
+    (results / "timings").mkdir(parents=True)
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     for name, seconds in (("sft", 41.5), ("generate_sft_tiny", 9.0), ("generate_sft_gsm8k", 6.0), ("base_model", 12.25)):
-        (results / "benchmarks" / f"{name}.tsv").write_text(header + f"{seconds}\t0:00:{int(seconds):02d}\t900.5\t1\t1\t1\t0\t0\t50\t10\n")
+        (results / "timings" / f"{name}.tsv").write_text(header + f"{seconds}\t0:00:{int(seconds):02d}\t900.5\t1\t1\t1\t0\t0\t50\t10\n")
     (results / "sft").mkdir()
     (results / "sft" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
         {"step": 10, "loss": 1.5, "ce": 1.4, "tokens_per_s": 1000.0},
@@ -217,9 +217,9 @@ def write_fake_run(tmp_path: Path) -> tuple[Path, Path]:
     (results / "rl").mkdir()
     (results / "rl" / "train.json").write_text(json.dumps({"global_step": 4, "prompts": 400, "log_history": [
         {"step": 4, "reward": 0.125, "step_time": 0.61}, {"step": 4, "train_runtime": 9.5}]}))
-    bench = {"accuracy": 18.0, "backend": "hf"}
+    scores = {"accuracy": 18.0, "backend": "hf"}
     (results / "sft_eval.json").write_text(json.dumps({"benchmarks": {"gsm8k": {"accuracy": 0.0, "backend": "hf"},
-                                                                      "tiny": bench}, "average": 0.0}))
+                                                                      "tiny": scores}, "average": 0.0}))
     return logs, results
 
 
@@ -236,7 +236,7 @@ def test_summary_reports_every_figure(tmp_path, capsys):
     assert "vLLM is not installed here, so eval.backend auto picked HF generate" in text
     assert re.search(r"workflow\s+FAILED\s+270 s\s+timed out after 270 s", text)
     assert "failed rules: rl" in text and "results/tiny_gpu/logs/rl.log" in text
-    # the benchmark: every method, ratios to naive_ce, and fused SED against the others
+    # the loss perf rows: every method, ratios to naive_ce, and fused SED against the others
     assert re.search(r"fused_sed\s+12\.2000\s+33\.0\s+0\.83\s+1\.0 GiB\s+0\.08", text)
     assert re.search(r"checkpointed_sed\s+n/a\s+n/a\s+n/a\s+n/a\s+n/a", text)
     assert re.search(r"method\s+loss\s+time ms\s+x time\s+peak\s+x peak", text)
@@ -260,22 +260,22 @@ def test_summary_survives_an_empty_run(tmp_path, capsys):
     (tmp_path / "logs").mkdir()
     assert module.main(["summary", "--logs", str(tmp_path / "logs"), "--results", str(tmp_path / "none")]) == 0
     text = capsys.readouterr().out
-    for missing in ("no environment probe", "(no steps.tsv)", "(no benchmark rows)", "(no timings)",
+    for missing in ("no environment probe", "(no steps.tsv)", "(no loss perf rows)", "(no timings)",
                     "no sft/metrics.jsonl", "no rl/train.json", "no evaluation results"):
         assert missing in text
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")  # the benchmark's float(loss) of a grad tensor
-def test_bench_subcommand_stores_the_benchmark_rows(tmp_path, capsys):
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the loss perf script's float(loss) of a grad tensor
+def test_perf_subcommand_stores_the_loss_perf_rows(tmp_path, capsys):
     module = load_summary_module()
     store = tmp_path / "checks.json"
     args = ["--device", "cpu", "--no-rss", "--tokens", "48", "--hidden", "8", "--vocab", "64",
             "--repeats", "1", "--chunk-size", "16"]
-    assert module.main(["bench", "--json", str(store), "--", *args]) == 0
-    bench = json.loads(store.read_text())["bench"]
-    assert bench["args"] == args
-    assert [r["name"] for r in bench["rows"]] == list(module.BENCH_METHODS)
-    lines = "\n".join(module.bench_lines(bench))
+    assert module.main(["perf", "--json", str(store), "--", *args]) == 0
+    perf = json.loads(store.read_text())["perf"]
+    assert perf["args"] == args
+    assert [r["name"] for r in perf["rows"]] == list(module.PERF_METHODS)
+    lines = "\n".join(module.perf_lines(perf))
     assert "fused_sed / naive_ce" in lines and "largest" in lines
 
 

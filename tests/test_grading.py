@@ -421,7 +421,7 @@ def test_grade_many_one_shot():
 def typical_batch(n: int, seed: int = 0) -> tuple[list[str], list[str], list[bool]]:
     """GSM8K/MATH/AIME-like answers, ~half correct, mostly in a different form than the gold
     so that most items really go through math-verify (not the string fast path): completions,
-    golds, and whether each is right. (benchmarks/grading_benchmark.py times these.)"""
+    golds, and whether each is right. (perf/grading.py times these.)"""
     rng = random.Random(seed)
     comps, golds, labels = [], [], []
     filler = "Let's think step by step. " * 40

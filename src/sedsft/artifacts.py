@@ -46,7 +46,7 @@ def job_log(job: str, exp: str = EXP) -> str:
 
 def job_timing(job: str, exp: str = EXP) -> str:
     """The rule's `benchmark:` file (wall time, max RSS) of one job."""
-    return f"{experiment_dir(exp)}/benchmarks/{job}.tsv"
+    return f"{experiment_dir(exp)}/timings/{job}.tsv"
 
 
 # ----------------------------------------------------------------------------- data
@@ -179,7 +179,7 @@ def comparison_log(name: str = NAME) -> str:
 
 
 def comparison_timing(name: str = NAME) -> str:
-    return f"{RESULTS}/compare/benchmarks/compare_{name}.tsv"
+    return f"{RESULTS}/compare/timings/compare_{name}.tsv"
 
 
 # ----------------------------------------------------------------------------- writing

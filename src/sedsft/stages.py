@@ -1,6 +1,6 @@
 """The workflow's stages, named once.
 
-A stage's name is its Snakemake rule (what logs, `--until` and the benchmark files show); its
+A stage's name is its Snakemake rule (what logs, `--until` and the timing files show); its
 command is `sedsft <name with dashes>`. The module named here holds the command:
 `<name>_arguments(parser)` adds the stage's own flags, `run_<name>(args, settings)` does the
 work and returns the summary. `sections` are the settings the stage reads (config.stage_settings:

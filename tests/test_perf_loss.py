@@ -1,4 +1,4 @@
-"""benchmarks/loss_benchmark.py as a user runs it: each method in a fresh process (the RSS column),
+"""perf/loss.py as a user runs it: each method in a fresh process (the RSS column),
 a subset chosen with --methods, the table also written as JSON and CSV."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 from workflow_helpers import REPO
 
-SCRIPT = REPO / "benchmarks" / "loss_benchmark.py"
+SCRIPT = REPO / "perf" / "loss.py"
 TINY = ["--device", "cpu", "--tokens", "48", "--hidden", "8", "--vocab", "64", "--repeats", "1",
         "--chunk-size", "16"]
 
@@ -34,7 +34,7 @@ def test_a_subset_of_methods_in_rss_mode_is_measured_and_written_as_data(tmp_pat
 def test_the_child_gets_no_option_of_the_parent_it_should_not_repeat():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("loss_benchmark", SCRIPT)
+    spec = importlib.util.spec_from_file_location("perf_loss", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     argv = ["--tokens", "48", "--methods", "a,b", "--json=x.json", "--csv", "x.csv", "--no-rss"]

@@ -1,7 +1,7 @@
 """Grading throughput: answers per second through the `Grader` pool (math-verify in worker processes).
 
-    python benchmarks/grading_benchmark.py                  # 1500 answers, 2 workers, 3 runs
-    python benchmarks/grading_benchmark.py --answers 5000 --workers 8
+    python perf/grading.py                  # 1500 answers, 2 workers, 3 runs
+    python perf/grading.py --answers 5000 --workers 8
 
 The answers are tests/test_grading.py's `typical_batch` (GSM8K/MATH/AIME-like forms, about half
 right, most of them in another form than the gold, so they really go through math-verify); the

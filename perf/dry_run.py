@@ -1,7 +1,7 @@
 """How long a no-op `snakemake -n TARGET` takes once every output exists (target: <= 5 s on 2 cores).
 
-    python benchmarks/dry_run_benchmark.py                      # tiny and llama3b, 5 runs each
-    python benchmarks/dry_run_benchmark.py --targets results/qwen7b/rl_eval.json --runs 10
+    python perf/dry_run.py                      # tiny and llama3b, 5 runs each
+    python perf/dry_run.py --targets results/qwen7b/rl_eval.json --runs 10
 
 Per target, in a scratch working directory: a dry run lists the planned outputs; each is
 created (an empty file, or a folder for a `directory()` output of workflow/rules), then

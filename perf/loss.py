@@ -1,7 +1,7 @@
 """Time and memory of the LM loss implementations (forward + backward through hidden and lm_head).
 
-    python benchmarks/loss_benchmark.py                       # CPU-sized defaults
-    python benchmarks/loss_benchmark.py --device cuda --tokens 8192 --hidden 3072 \
+    python perf/loss.py                       # CPU-sized defaults
+    python perf/loss.py --device cuda --tokens 8192 --hidden 3072 \
         --vocab 128256 --dtype bf16                           # the paper's scale (Llama-3.2-3B)
 
 Compared, all from hidden [tokens, hidden] and an lm_head weight [vocab, hidden]:
