@@ -16,6 +16,7 @@ include: "workflow/rules/sft.smk"
 include: "workflow/rules/diversity.smk"
 include: "workflow/rules/rl.smk"
 include: "workflow/rules/eval.smk"
+include: "workflow/rules/seeds.smk"
 include: "workflow/rules/compare.smk"
 
 

@@ -351,12 +351,15 @@ def test_the_tiny_comparison_plans_both_experiments():
 
     plan = shared_plan()
     jobs = plan.rules("results/compare/tiny.md")
-    assert jobs["compare"] == 1 and jobs["diversity"] == 2 and jobs["eval_report"] == 4 and jobs["rl"] == 2
+    # both experiments over tiny's five seeds: ten runs on one tiny task, base model and tau
+    assert jobs["compare"] == 1 and jobs["diversity"] == 10 and jobs["eval_report"] == 20 and jobs["rl"] == 10
+    assert jobs["tiny_task"] == jobs["base_model"] == jobs["threshold"] == jobs["sft_data"] == 1
     outputs = plan.outputs("results/compare/tiny.md")
     for exp in EXPERIMENTS:
-        for artifact in ("sft_eval.json", "rl_eval.json", "sft/diversity.json", "sft/train.json", "rl/train.json"):
-            assert f"results/{exp}/{artifact}" in outputs
-    assert "results/compare/tiny_training.png" in outputs
+        for run in [exp] + [f"{exp}.seed{seed}" for seed in (43, 44, 45, 46)]:
+            for artifact in ("sft_eval.json", "rl_eval.json", "sft/diversity.json", "sft/train.json", "rl/train.json"):
+                assert f"results/{run}/{artifact}" in outputs
+    assert "results/compare/tiny_training.png" in outputs and "results/compare/tiny_seeds.png" in outputs
     compare_job = plan.job("results/compare/tiny.md")
     assert {f"results/{exp}/sft/metrics.jsonl" for exp in EXPERIMENTS} <= set(compare_job.inputs)
 

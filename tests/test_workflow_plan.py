@@ -52,8 +52,9 @@ def test_ce_twin_reuses_the_base_model_and_tau(plan):
     jobs = plan.rules("results/tiny/rl_eval.json", "results/tiny_ce/rl_eval.json")
     assert (jobs["tiny_task"], jobs["base_model"], jobs["threshold"]) == (1, 1, 1)
     assert jobs["sft"] == jobs["rl"] == 2
-    assert set(plan.job("results/tiny_ce/sft/model").inputs) == {  # tiny's base model and tau, its own data
-        "results/tiny/base/model", "results/tiny/sft/threshold.json", "results/tiny_ce/data/sft_train.parquet"}
+    assert set(plan.job("results/tiny_ce/sft/model").inputs) == {  # tiny's base model, tau and data
+        "results/tiny/base/model", "results/tiny/sft/threshold.json", "results/tiny/data/sft_train.parquet"}
+    assert jobs["sft_data"] == jobs["rl_prompts"] == 1 and jobs["benchmark_data"] == 9
 
 
 def test_smollm2_converts_its_gguf_once_and_the_hub_twin_does_not(plan):

@@ -158,6 +158,22 @@ def eval_table(stage: str = STAGE, exp: str = EXP) -> str:
     return f"{experiment_dir(exp)}/{stage}_eval.md"
 
 
+# ----------------------------------------------------------------------------- over seeds
+# An experiment under another seed N is the run results/{exp}.seed{N}/ (sedsft.config.seed_run).
+
+
+def seeds_summary(exp: str = EXP) -> str:
+    return f"{experiment_dir(exp)}/seeds.json"
+
+
+def seeds_table(exp: str = EXP) -> str:
+    return f"{experiment_dir(exp)}/seeds.md"
+
+
+def seeds_plot(exp: str = EXP) -> str:
+    return f"{experiment_dir(exp)}/seeds.png"
+
+
 # ----------------------------------------------------------------------------- comparisons
 
 

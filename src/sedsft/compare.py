@@ -261,11 +261,17 @@ def render_markdown(summary: dict, out_md: Path) -> str:
                       f"{_cell(t['rl_reward_first'], '.3f')} → {_cell(t['rl_reward_last'], '.3f')}"]
                      for e, t in training.items()])
 
+    if summary.get("over_seeds"):
+        from sedsft.seeds import comparison_markdown
+
+        lines += [""] + comparison_markdown(summary["over_seeds"])
+
     plots = summary["plots"]
     folder = out_md.parent
     captions = {"pass_at_k": "pass@k of the SFT models (diversity prompts)",
                 "diversity": "diversity metrics of the SFT models",
-                "training": "SFT loss, cross-entropy and mask rate; RL reward per step"}
+                "training": "SFT loss, cross-entropy and mask rate; RL reward per step",
+                "seeds": "accuracy of every seed, with the mean and its 95 % interval"}
     lines += ["", "## Plots", ""]
     for key, caption in captions.items():
         if plots.get(key):
@@ -290,10 +296,13 @@ def render_markdown(summary: dict, out_md: Path) -> str:
 
 def compare(name: str, experiments: list[str], results_dir: str | Path, out_md: str | Path, *,
             pass_at_k_plot: str | Path | None = None, diversity_plot: str | Path | None = None,
-            training_plot: str | Path | None = None, settings: dict[str, dict] | None = None) -> dict:
+            training_plot: str | Path | None = None, settings: dict[str, dict] | None = None,
+            seed_runs: dict[str, dict[int, str]] | None = None, seeds_plot: str | Path | None = None) -> dict:
     """Read every experiment's artifacts, write the Markdown report and the plots; return the
-    numbers (the stage's JSON summary)."""
-    from sedsft.plots import plot_metrics, plot_pass_at_k, plot_training
+    numbers (the stage's JSON summary). With `seed_runs` (experiment -> seed -> run), the report
+    also tests the differences over seeds and over problems (sedsft.seeds)."""
+    from sedsft.plots import plot_metrics, plot_pass_at_k, plot_seeds, plot_training
+    from sedsft.seeds import compare_over_seeds
 
     if not experiments:
         raise ValueError(f"comparison {name!r}: no experiments")
@@ -336,6 +345,11 @@ def compare(name: str, experiments: list[str], results_dir: str | Path, out_md: 
         plot_training({e: {"sft": sft_curve(runs[e]), "rl": rl_curve(runs[e])} for e in experiments},
                       training_plot, title=f"training: {name}")
         summary["plots"]["training"] = str(training_plot)
+    if seed_runs:
+        summary["over_seeds"] = compare_over_seeds(seed_runs, results_dir)
+        if seeds_plot:
+            plot_seeds(summary["over_seeds"]["aggregate"], seeds_plot, title=f"{name} over seeds")
+            summary["plots"]["seeds"] = str(seeds_plot)
     artifacts.write_text(out_md, render_markdown(summary, out_md))
     summary["markdown"] = str(out_md)
     return summary
@@ -352,9 +366,13 @@ def compare_arguments(parser) -> None:
     parser.add_argument("--pass-at-k-plot", help="PNG this stage writes: the SFT models' pass@k curves")
     parser.add_argument("--diversity-plot", help="PNG this stage writes: the SFT models' diversity metrics")
     parser.add_argument("--training-plot", help="PNG this stage writes: the SFT and RL training curves")
+    parser.add_argument("--seeds-plot", help="PNG this stage writes: every seed's accuracy with the intervals")
 
 
 def run_compare(args, settings: dict) -> dict:
     return compare(settings["comparison"], settings["experiments"], args.results, args.out_md,
                    pass_at_k_plot=args.pass_at_k_plot, diversity_plot=args.diversity_plot,
-                   training_plot=args.training_plot, settings=settings.get("settings"))
+                   training_plot=args.training_plot, settings=settings.get("settings"),
+                   seed_runs={e: {int(seed): run for seed, run in runs.items()}
+                              for e, runs in (settings.get("seed_runs") or {}).items()},
+                   seeds_plot=args.seeds_plot)

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,8 @@ class EvalConfig:
 class Experiment:
     name: str
     seed: int
+    data_seed: int
+    seeds: list[int] | None
     system_prompt: str
     benchmarks_dir: str
     model: ModelConfig
@@ -224,6 +227,11 @@ class Experiment:
     @property
     def is_tiny(self) -> bool:
         return self.model.tiny is not None
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds of the experiment's aggregate (`seeds`, or its one seed)."""
+        return list(self.seeds or [self.seed])
 
     def eval_benchmarks(self) -> list[str]:
         """The benchmarks evaluated: the configured ones plus the tiny task's own test set."""
@@ -324,6 +332,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     if overrides:
         raw = deep_merge(raw, overrides)
     validate(raw, load_schema(path.resolve().parent), str(path))
+    check_experiment_names(raw, str(path))
     check_comparisons(raw, str(path))
     return raw
 
@@ -366,9 +375,57 @@ def _resolve_paths(settings: dict, root: Path) -> dict:
     return settings
 
 
-def experiment_settings(config: dict, name: str, root: str | Path = ".") -> dict:
-    """The merged, path-resolved plain dict of one experiment."""
+# ----------------------------------------------------------------------------- seeds
+# `tiny.seed43` is the experiment `tiny` run under seed 43 (results/tiny.seed43/): it extends
+# `tiny` with that one key changed, so the stages that read no `seed` are reused from tiny's.
+
+SEED_RUN = re.compile(r"^(?P<base>.+)\.seed(?P<seed>[0-9]+)$")
+
+
+def split_seed(name: str) -> tuple[str, int | None]:
+    """'tiny.seed43' -> ('tiny', 43); a plain experiment name -> (name, None)."""
+    match = SEED_RUN.match(name)
+    return (match["base"], int(match["seed"])) if match else (name, None)
+
+
+def seed_run(name: str, seed: int, own_seed: int) -> str:
+    """The experiment name of `name` under `seed`: itself under its own seed."""
+    return name if seed == own_seed else f"{name}.seed{seed}"
+
+
+def seed_runs(config: dict, name: str) -> dict[int, str]:
+    """seed -> run, for the runs an experiment's aggregate reads: one per seed in `seeds` (or its one `seed`)."""
+    settings = experiment_settings(config, name)
+    return {seed: seed_run(name, seed, settings["seed"]) for seed in settings["seeds"] or [settings["seed"]]}
+
+
+def parent_of(config: dict, name: str) -> str | None:
+    """The experiment `name` starts from: its `extends`, or for a seed run the experiment itself."""
     experiments = config.get("experiments", {})
+    base, seed = split_seed(name)
+    if name not in experiments and seed is not None:
+        return base
+    return experiments[name].get("extends")
+
+
+def check_experiment_names(raw: dict, source: str = "config") -> None:
+    """An experiment may not be named like a seed run (results/<name>.seed<N>/ is one)."""
+    bad = [name for name in raw.get("experiments") or {} if SEED_RUN.match(name)]
+    if bad:
+        raise ConfigError(f"{source}: experiments.{bad[0]}: a name ending in .seed<N> is the seed run of an "
+                          f"experiment (results/<experiment>.seed<N>/); rename it")
+
+
+def experiment_settings(config: dict, name: str, root: str | Path = ".") -> dict:
+    """The merged, path-resolved plain dict of one experiment (or seed run, `<experiment>.seed<N>`)."""
+    experiments = config.get("experiments", {})
+    base, seed = split_seed(name)
+    if name not in experiments and seed is not None and base in experiments:
+        settings = experiment_settings(config, base, root)
+        if seed == settings["seed"]:
+            raise ConfigError(f"{name}: seed {seed} is {base}'s own seed, whose run is results/{base}/")
+        settings["seed"] = seed
+        return settings
     if name not in experiments:
         known = ", ".join(sorted(experiments)) or "(none)"
         raise ConfigError(f"unknown experiment {name!r}; config.yaml defines: {known}")

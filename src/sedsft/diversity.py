@@ -200,7 +200,7 @@ def run_diversity(args, settings: dict) -> dict:
     from sedsft.plots import plot_metrics, plot_pass_at_k
 
     cfg = section(settings, DiversityConfig, "diversity")
-    prompts = select_prompts(cfg, settings["seed"], settings["system_prompt"], args.prompts, args.benchmarks)
+    prompts = select_prompts(cfg, settings["data_seed"], settings["system_prompt"], args.prompts, args.benchmarks)
     sampling = sampling_of(cfg, settings["seed"])
     summary = generate_to_file(args.model, prompts, args.samples, sampling, batch_size=cfg.batch_size,
                                trust_remote_code=settings["model"]["trust_remote_code"], entropies=True)

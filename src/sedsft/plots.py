@@ -135,3 +135,38 @@ def plot_training(runs: Mapping[str, Mapping[str, list[dict]]], path: str | Path
     fig.savefig(path, format="png")
     plt.close(fig)
     return path
+
+
+def plot_seeds(aggregates: Mapping[str, Mapping[str, Mapping[str, dict]]], path: str | Path,
+               title: str = "over seeds", names: tuple[str, ...] = ("average", "tiny")) -> Path:
+    """Every seed's accuracy (dots) with the mean and its 95 % interval (bar), one panel per
+    benchmark in `names` that the results hold (the mean of the eight, the tiny test set), one
+    column per experiment and stage. aggregates: experiment -> stage -> benchmark ->
+    sedsft.stats.interval(...)."""
+    panels = [n for n in names if any(n in by_stage[s] for by_stage in aggregates.values() for s in by_stage)]
+    if not panels:
+        raise ValueError("plot_seeds: none of the benchmarks to draw is in the results")
+    path = Path(path)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 + 2.5 * len(panels), 4), dpi=100, squeeze=False)
+    columns = [(e, s) for e, by_stage in aggregates.items() for s in by_stage]
+    colors = dict(zip(aggregates, _colors(len(aggregates))))
+    for ax, name in zip(axes[0], panels):
+        for x, (exp, stage) in enumerate(columns):
+            row = aggregates[exp][stage].get(name)
+            if row is None:
+                continue
+            values = row["values"]
+            jitter = [x + 0.08 * (i - (len(values) - 1) / 2) for i in range(len(values))]
+            ax.scatter(jitter, values, s=14, color=colors[exp], alpha=0.7, zorder=3)
+            low, high = row["ci95"] or (row["mean"], row["mean"])
+            ax.errorbar([x + 0.3], [row["mean"]], yerr=[[row["mean"] - low], [high - row["mean"]]], fmt="s",
+                        color=colors[exp], capsize=4, markersize=5, zorder=4)
+        ax.set_xticks(range(len(columns)), [f"{e}\n{s.upper()}" for e, s in columns], fontsize=8)
+        ax.set_title({"average": "mean of the eight", "tiny": "tiny test set"}.get(name, name), fontsize=10)
+        ax.set_ylabel("accuracy (points)")
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"{title}: seeds (dots), mean and 95 % interval (squares)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path

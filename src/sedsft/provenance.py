@@ -42,6 +42,7 @@ def provenance(experiment: str, settings: dict, **extra) -> dict:
         "config_hash": settings_hash(settings),
         "settings": settings,
         "seed": settings.get("seed"),
+        "data_seed": settings.get("data_seed"),
         "git_revision": git_revision(),
         "packages": package_versions(),
         "python": platform.python_version(),

@@ -22,15 +22,18 @@ class Stage(NamedTuple):
     gpus: bool = False
 
 
+# Two seeds (README "Seeds"): `data_seed` makes what every seed of an experiment shares (the tiny
+# task, the tiny base model, the diversity prompt set; data prep and tau read no seed at all), `seed`
+# what varies between seeds (SFT data order, diversity, RL and evaluation sampling).
 STAGES: dict[str, Stage] = {
-    "tiny_task": Stage("sedsft.tinytask", ("seed", "system_prompt", "model.tiny")),
-    "base_model": Stage("sedsft.tinymodel", ("seed", "system_prompt", "model")),
-    "sft_data": Stage("sedsft.data", ("seed", "system_prompt", "model", "data.sft")),
-    "rl_prompts": Stage("sedsft.data", ("seed", "system_prompt", "data.rl")),
+    "tiny_task": Stage("sedsft.tinytask", ("data_seed", "system_prompt", "model.tiny")),
+    "base_model": Stage("sedsft.tinymodel", ("data_seed", "system_prompt", "model")),
+    "sft_data": Stage("sedsft.data", ("system_prompt", "model", "data.sft")),
+    "rl_prompts": Stage("sedsft.data", ("system_prompt", "data.rl")),
     "benchmark_data": Stage("sedsft.data", ("benchmarks_dir", "eval.limit")),
-    "threshold": Stage("sedsft.threshold", ("seed", "model", "threshold", "sft.top_k", "sft.ratio"), gpus=True),
+    "threshold": Stage("sedsft.threshold", ("model", "threshold", "sft.top_k", "sft.ratio"), gpus=True),
     "sft": Stage("sedsft.sft", ("seed", "model", "sft"), gpus=True),
-    "diversity": Stage("sedsft.diversity", ("seed", "system_prompt", "model.trust_remote_code", "diversity"),
+    "diversity": Stage("sedsft.diversity", ("seed", "data_seed", "system_prompt", "model.trust_remote_code", "diversity"),
                        gpus=True),
     "rl": Stage("sedsft.rl", ("seed", "model.trust_remote_code", "rl"), gpus=True),
     # plus the one benchmark's sampling settings: see config.generate_settings()
@@ -39,6 +42,7 @@ STAGES: dict[str, Stage] = {
                       gpus=True),
     "grade": Stage("sedsft.evaluate", ("eval.grading_workers", "eval.grading_timeout_s")),
     "eval_report": Stage("sedsft.evaluate", None),  # reads only the files it is given
+    "seeds": Stage("sedsft.seeds", None),  # --settings: the experiment and its seed runs (common.smk seeds_json)
     "compare": Stage("sedsft.compare", None),  # --settings: the comparison (common.smk comparison_json)
 }
 

@@ -155,4 +155,4 @@ def run_base_model(args, settings: dict) -> dict:
     if not args.task_dir:
         raise ConfigError("base-model: a tiny model needs --task-dir (the tiny task's files)")
     tiny = section(settings, TinyModelConfig, "model.tiny")
-    return build_and_pretrain(args.task_dir, args.out_dir, tiny, settings["seed"], settings["system_prompt"])
+    return build_and_pretrain(args.task_dir, args.out_dir, tiny, settings["data_seed"], settings["system_prompt"])

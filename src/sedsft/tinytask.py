@@ -117,7 +117,7 @@ def tiny_task_arguments(parser) -> None:
 
 def run_tiny_task(args, settings: dict) -> dict:
     tiny = section(settings, TinyModelConfig, "model.tiny")
-    counts = generate(args.out_dir, seed=settings["seed"], pretrain_problems=tiny.pretrain_problems,
+    counts = generate(args.out_dir, seed=settings["data_seed"], pretrain_problems=tiny.pretrain_problems,
                       sft_problems=tiny.sft_problems, rl_problems=tiny.rl_problems,
                       test_problems=tiny.test_problems, max_operand=tiny.max_operand)
     return {"rows": counts}

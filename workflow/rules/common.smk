@@ -15,6 +15,7 @@ CONDA_ENV = str(REPO / "envs" / f"{config.get('conda_env', 'cpu')}.yaml")
 
 try:
     C.validate(config, C.load_schema(REPO), "config")
+    C.check_experiment_names(config, "config")
     C.check_comparisons(config, "config")
 except C.ConfigError as error:
     raise WorkflowError(str(error)) from None
@@ -67,12 +68,29 @@ def stage_json(stage):
 
 def owner(exp, stage):
     """The experiment whose artifact of `stage` this one reuses: the farthest ancestor along
-    `extends` with the same settings for that stage (tiny_ce trains on tiny's base model)."""
+    `extends` (a seed run's ancestor is its experiment) with the same settings for that stage:
+    tiny_ce trains on tiny's base model and data, tiny.seed43 on tiny's too."""
     settings = C.stage_settings(experiment(exp), stage)
-    parent = config["experiments"][exp].get("extends")
+    parent = C.parent_of(config, exp)
     while parent and C.stage_settings(experiment(parent), stage) == settings:
-        exp, parent = parent, config["experiments"][parent].get("extends")
+        exp, parent = parent, C.parent_of(config, parent)
     return exp
+
+
+def sft_data_file(split):
+    return lambda w: artifacts.sft_data(split, owner(w.exp, "sft_data"))
+
+
+def rl_prompts_file(w):
+    return artifacts.rl_prompts(owner(w.exp, "rl_prompts"))
+
+
+def bench_problems_file(w):
+    return artifacts.bench_problems(w.bench, owner(w.exp, "benchmark_data"))
+
+
+def bench_summaries(w):
+    return [artifacts.bench_summary(bench, owner(w.exp, "benchmark_data")) for bench in benchmarks(w.exp)]
 
 
 def tiny_task_file(exp, split):
@@ -146,11 +164,12 @@ def stage_model_input(w):
 
 def diversity_prompts_input(w):
     sources = typed(w.exp).diversity.sources
-    return [artifacts.rl_prompts(w.exp)] if "rl" in sources else []
+    return [rl_prompts_file(w)] if "rl" in sources else []
 
 
 def diversity_benchmarks_input(w):
-    return [artifacts.bench_problems(b, w.exp) for b in C.diversity_benchmarks(experiment(w.exp))]
+    exp = owner(w.exp, "benchmark_data")
+    return [artifacts.bench_problems(b, exp) for b in C.diversity_benchmarks(experiment(w.exp))]
 
 
 # ----------------------------------------------------------------------------- evaluation inputs
@@ -163,6 +182,26 @@ def eval_inputs(template):
         return [template.format(exp=w.exp, stage=w.stage, bench=bench) for bench in benchmarks(w.exp)]
 
     return inputs
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def seed_runs(exp):
+    """seed -> the run of `exp` under it (results/{exp}/ or results/{exp}.seed{N}/)."""
+    try:
+        return C.seed_runs(config, exp)
+    except C.ConfigError as error:
+        raise WorkflowError(str(error)) from None
+
+
+def seed_run_inputs(path_of_run):
+    return lambda w: [path_of_run(run) for run in seed_runs(w.exp).values()]
+
+
+def seeds_json(w):
+    """params: the experiment and its seed runs (a seed added or removed re-runs the aggregate)."""
+    return json.dumps({"experiment": w.exp, "runs": seed_runs(w.exp)}, sort_keys=True)
 
 
 # ----------------------------------------------------------------------------- comparisons
@@ -181,11 +220,32 @@ def comparison_inputs(template):
     return lambda w: [template.format(exp=exp) for exp in comparison(w.name)]
 
 
+def comparison_seed_inputs(path_of_run):
+    """path_of_run(run) for every seed run of every compared experiment."""
+    return lambda w: [path_of_run(run) for exp in comparison(w.name) for run in seed_runs(exp).values()]
+
+
+def comparison_graded_inputs(w):
+    """The graded files of every seed run (the problem-level tests read every sample)."""
+    return [
+        artifacts.graded(stage, bench, run)
+        for exp in comparison(w.name)
+        for run in seed_runs(exp).values()
+        for stage in ("sft", "rl")
+        for bench in benchmarks(exp)
+    ]
+
+
 def comparison_json(w):
-    """params: the compared experiments and their settings (a changed one re-runs the comparison)."""
+    """params: the compared experiments, their settings and seed runs (a changed one re-runs the comparison)."""
     experiments = comparison(w.name)
     return json.dumps(
-        {"comparison": w.name, "experiments": experiments, "settings": {exp: experiment(exp) for exp in experiments}},
+        {
+            "comparison": w.name,
+            "experiments": experiments,
+            "settings": {exp: experiment(exp) for exp in experiments},
+            "seed_runs": {exp: seed_runs(exp) for exp in experiments},
+        },
         sort_keys=True,
     )
 
@@ -220,6 +280,7 @@ SIZES = {
     "generate": ((4000, 30), (64000, 480)),
     "grade": ((4000, 20), (16000, 120)),
     "eval_report": ((2000, 10), (8000, 30)),
+    "seeds": ((2000, 10), (4000, 10)),
 }
 
 

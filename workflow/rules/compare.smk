@@ -12,11 +12,16 @@ rule compare:
         sft_train=comparison_inputs(artifacts.train_summary("sft")),
         sft_metrics=comparison_inputs(artifacts.sft_metrics()),
         rl_train=comparison_inputs(artifacts.train_summary("rl")),
+        seed_sft_eval=comparison_seed_inputs(lambda run: artifacts.eval_result("sft", run)),
+        seed_rl_eval=comparison_seed_inputs(lambda run: artifacts.eval_result("rl", run)),
+        seed_diversity=comparison_seed_inputs(lambda run: artifacts.diversity_summary("sft", run)),
+        seed_graded=comparison_graded_inputs,
     output:
         table=compare_report(artifacts.comparison_table(), "table (Markdown)"),
         pass_at_k_plot=compare_report(artifacts.comparison_plot("pass_at_k"), "pass@k"),
         diversity_plot=compare_report(artifacts.comparison_plot("diversity"), "diversity"),
         training_plot=compare_report(artifacts.comparison_plot("training"), "training"),
+        seeds_plot=compare_report(artifacts.comparison_plot("seeds"), "seeds"),
         summary=artifacts.comparison_summary(),
     log:
         artifacts.comparison_log(),
@@ -33,4 +38,5 @@ rule compare:
         "sedsft compare --experiment {wildcards.name} --settings {params.settings:q} --results results"
         " --out-md {output.table} --pass-at-k-plot {output.pass_at_k_plot}"
         " --diversity-plot {output.diversity_plot} --training-plot {output.training_plot}"
+        " --seeds-plot {output.seeds_plot}"
         " --summary {output.summary} > {log} 2>&1"

@@ -5,7 +5,7 @@
 rule generate:
     input:
         model=stage_model_input,
-        problems=artifacts.bench_problems(),
+        problems=bench_problems_file,
     output:
         generations=artifacts.generations(),
         summary=artifacts.generation_summary(),
@@ -37,7 +37,7 @@ rule generate:
 rule grade:
     input:
         generations=artifacts.generations(),
-        problems=artifacts.bench_problems(),
+        problems=bench_problems_file,
     output:
         graded=artifacts.graded(),
         summary=artifacts.grading_summary(),
@@ -68,7 +68,7 @@ rule eval_report:
         model=stage_model_input,
         graded=eval_inputs(artifacts.graded()),
         generation=eval_inputs(artifacts.generation_summary()),
-        bench=eval_inputs(artifacts.bench_summary()),
+        bench=bench_summaries,
         # RL results carry the diversity of the SFT model they started from (the paper's link)
         diversity=lambda w: [artifacts.diversity_summary("sft")] if w.stage == "rl" else [],
         # ... and the SFT model's scores, so the headline file shows what RL added

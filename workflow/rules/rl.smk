@@ -4,7 +4,7 @@
 rule rl:
     input:
         model=artifacts.model("sft"),
-        prompts=artifacts.rl_prompts(),
+        prompts=rl_prompts_file,
     output:
         model=directory(artifacts.model("rl")),
         summary=artifacts.train_summary("rl"),

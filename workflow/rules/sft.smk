@@ -4,7 +4,7 @@
 rule threshold:
     input:
         base=base_model_input,
-        val=artifacts.sft_data("val"),
+        val=sft_data_file("val"),
     output:
         artifacts.threshold(),
     log:
@@ -30,7 +30,7 @@ rule threshold:
 rule sft:
     input:
         base=base_model_input,
-        train=artifacts.sft_data("train"),
+        train=sft_data_file("train"),
         # tau comes from the base model: shared along `extends` like the base model itself
         threshold=lambda w: artifacts.threshold(owner(w.exp, "threshold")),
     output:
