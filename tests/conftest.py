@@ -41,11 +41,12 @@ def micro_run(tmp_path_factory):
 
 # pytest-xdist (pyproject's addopts) hands out whole test files, longest first; the two files that
 # read the session's micro run first go together, as one unit, to one worker; the Slurm file,
-# which reads it once more at the end of a two-minute submission, goes last (to the worker that
-# frees first: by then the run is on disk, or that worker waits for it on the lock).
+# which reads it once more at the end of a two-minute submission, and the seeds file, which runs
+# four seed runs beside a copy of it, go last (to the worker that frees first: by then the run is
+# on disk, or that worker waits for it on the lock).
 MICRO_READERS = ("tests/test_workflow_e2e.py", "tests/test_reliability.py")
 FIRST = ("micro", "tests/test_deepspeed_cpu.py", "tests/test_rl.py")
-LAST = ("tests/test_slurm_profile.py",)
+LAST = ("tests/test_seeds_e2e.py", "tests/test_slurm_profile.py")
 
 
 def work_unit(nodeid: str) -> str:

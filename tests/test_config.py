@@ -29,7 +29,9 @@ from sedsft.config import (
     load_experiment,
     parse_experiment,
     section,
+    seed_runs,
     settings_hash,
+    split_seed,
     stage_settings,
 )
 
@@ -622,3 +624,38 @@ def test_a_key_the_schema_allows_but_no_dataclass_reads_is_refused():
     settings = settings_of("tiny")
     settings["resources"] = {"gpus": "auto"}  # sizes the jobs; read by the workflow, not a stage
     parse_experiment(settings, "tiny")
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def test_a_seed_run_is_its_experiment_under_another_seed():
+    raw = load_config(CONFIG)
+    tiny, run = experiment_settings(raw, "tiny", REPO), experiment_settings(raw, "tiny_ce.seed43", REPO)
+    assert split_seed("tiny_ce.seed43") == ("tiny_ce", 43) and split_seed("tiny.v2") == ("tiny.v2", None)
+    assert run["seed"] == 43 and run["data_seed"] == tiny["data_seed"] == 42
+    assert run["sft"]["loss"] == "ce" and run["model"] == tiny["model"]
+    assert seed_runs(raw, "tiny") == {42: "tiny", 43: "tiny.seed43", 44: "tiny.seed44", 45: "tiny.seed45",
+                                      46: "tiny.seed46"}
+    assert seed_runs(raw, "llama3b") == {42: "llama3b"}  # seeds: null is the one seed
+    with pytest.raises(ConfigError, match=r"tiny.seed42: seed 42 is tiny's own seed, whose run is results/tiny/"):
+        experiment_settings(raw, "tiny.seed42", REPO)
+    with pytest.raises(ConfigError, match="unknown experiment 'nope.seed3'"):
+        experiment_settings(raw, "nope.seed3", REPO)
+
+
+def test_an_experiment_named_like_a_seed_run_is_refused(tmp_path):
+    raw = yaml.safe_load(CONFIG.read_text())
+    raw["experiments"]["tiny.seed7"] = {"extends": "tiny"}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    shutil.copytree(REPO / "workflow" / "schemas", tmp_path / "workflow" / "schemas")
+    with pytest.raises(ConfigError, match=r"experiments.tiny.seed7: a name ending in .seed<N> is the seed run"):
+        load_config(path)
+
+
+def test_only_the_stages_that_vary_with_the_seed_read_it():
+    varying = {stage for stage in ("tiny_task", "base_model", "sft_data", "rl_prompts", "benchmark_data", "threshold",
+                                   "sft", "diversity", "rl", "generate", "grade")
+               if "seed" in stage_settings(experiment_settings(load_config(CONFIG), "tiny", REPO), stage)}
+    assert varying == {"sft", "diversity", "rl", "generate"}

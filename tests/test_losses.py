@@ -298,3 +298,43 @@ def test_top_k_mass_by_hand():
     assert top_k_mass(probs, 1).tolist() == pytest.approx([0.5, 0.25])
     assert top_k_mass(probs, 2).tolist() == pytest.approx([0.75, 0.5])
     assert top_k_mass(probs, 4).tolist() == pytest.approx([1.0, 1.0])
+
+
+# ------------------------------------------------------------------ a second, scalar reference
+# The vectorised references (tests/loss_references.py) checked once more by a plain loop over
+# tokens and vocabulary entries, so that a slip shared by a reference and the code it checks
+# (a wrong gather, an axis, a broadcast) cannot pass both.
+
+
+def scalar_token_loss(z: list[float], y: int, s: LossSettings) -> float:
+    """One token's loss from the formula with Python floats; z: the logits of one position."""
+    top = max(z)
+    e = [math.exp(v - top) for v in z]
+    p = [v / sum(e) for v in e]
+    log_p = [math.log(v) for v in p]
+    ce = -log_p[y]
+    if s.loss == "ce":
+        return ce
+    if s.loss in ("sed", "sed_nomask"):
+        mask = 1.0 if s.loss == "sed_nomask" or sum(sorted(p, reverse=True)[: s.top_k]) < s.tau else 0.0
+        return ce + s.sed_lambda * mask * (p[y] - 0.5) ** 2
+    if s.loss == "gem":  # GEM's gem_loss_func: -sum_v q_v w_v (log p_y - log p_v)
+        eq = [math.exp((v - top) / s.gem_beta) for v in z]
+        q = [v / sum(eq) for v in eq]
+        w = [1 / (1 + math.exp(-0.01 * (v - z[y]))) if s.gem_weighting == "logsigmoid" else 1.0 for v in z]
+        return -sum(q[v] * w[v] * (log_p[y] - log_p[v]) for v in range(len(z)))
+    if s.loss == "dft":
+        return ce * p[y]
+    raise AssertionError(f"no scalar reference for loss {s.loss!r}: add one here")
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_the_references_match_a_scalar_loop(name):
+    s = SETTINGS[name]
+    rows = LOGITS[:, :-1].reshape(-1, V).double()
+    targets = LABELS[:, 1:].reshape(-1)
+    keep = targets != IGNORE
+    rows, targets = rows[keep], targets[keep]
+    vectorised = reference_per_token_f64(rows, targets, s)
+    scalar = [scalar_token_loss(r.tolist(), int(t), s) for r, t in zip(rows, targets)]
+    assert vectorised.tolist() == pytest.approx(scalar, rel=1e-12, abs=1e-12)

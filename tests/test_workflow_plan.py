@@ -85,3 +85,14 @@ def test_the_shared_plan_is_what_a_dry_run_of_one_target_plans(plan, tmp_path):
 
     target = "results/tiny/base/diversity.json"  # small, and its jobs are shared with other targets
     assert plan.rules(target) == planned_jobs(snakemake(tmp_path, "-n", target).stdout)
+
+
+def test_a_seed_run_trains_anew_on_its_experiments_data_base_model_and_tau(plan):
+    sft = plan.job("results/tiny.seed43/sft/model")
+    assert set(sft.inputs) == {"results/tiny/base/model", "results/tiny/sft/threshold.json",
+                               "results/tiny/data/sft_train.parquet"}
+    assert '"seed": 43' in sft.shell and "--work-dir results/tiny.seed43/sft/checkpoints" in sft.shell
+    diversity = plan.job("results/tiny_ce.seed43/sft/diversity.json").shell
+    assert '"seed": 43' in diversity and '"data_seed": 42' in diversity  # same prompts, other samples
+    assert "results/tiny/data/rl_prompts.parquet" in plan.job("results/tiny.seed43/rl/model").inputs
+    assert "results/tiny/data/bench/gsm8k.parquet" in plan.job("results/tiny.seed43/eval/rl/gsm8k.jsonl").inputs

@@ -182,7 +182,7 @@ def comparison_table(name: str = NAME) -> str:
 
 
 def comparison_plot(kind: str, name: str = NAME) -> str:
-    """kind: pass_at_k, diversity or training."""
+    """kind: pass_at_k, diversity, training or seeds."""
     return f"{RESULTS}/compare/{name}_{kind}.png"
 
 
