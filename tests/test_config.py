@@ -28,6 +28,7 @@ from sedsft.config import (
     load_config,
     load_experiment,
     parse_experiment,
+    reuse_settings,
     section,
     seed_runs,
     settings_hash,
@@ -659,3 +660,17 @@ def test_only_the_stages_that_vary_with_the_seed_read_it():
                                    "sft", "diversity", "rl", "generate", "grade")
                if "seed" in stage_settings(experiment_settings(load_config(CONFIG), "tiny", REPO), stage)}
     assert varying == {"sft", "diversity", "rl", "generate"}
+
+
+def test_an_artifact_is_reused_only_where_what_it_reads_agrees_too():
+    from micro_run import MICRO
+
+    raw = load_config(CONFIG)
+    raw["experiments"]["micro"] = MICRO  # extends tiny with a smaller tiny task
+    tiny, tiny_ce, micro = (experiment_settings(raw, e, REPO) for e in ("tiny", "tiny_ce", "micro"))
+    for stage in ("tiny_task", "base_model", "sft_data", "rl_prompts", "benchmark_data", "threshold"):
+        assert reuse_settings(tiny, stage) == reuse_settings(tiny_ce, stage)
+        assert reuse_settings(tiny, stage) == reuse_settings(experiment_settings(raw, "tiny.seed43", REPO), stage)
+    # the RL prompts' own settings agree, but they are made from another tiny task
+    assert stage_settings(micro, "rl_prompts") == stage_settings(tiny, "rl_prompts")
+    assert reuse_settings(micro, "rl_prompts") != reuse_settings(tiny, "rl_prompts")

@@ -575,6 +575,19 @@ def stage_settings(settings: dict, stage: str) -> dict:
     return out
 
 
+def reuse_settings(settings: dict, stage: str) -> dict:
+    """What must agree for one experiment to reuse another's artifact of a shared stage: its own
+    settings and those of every shared stage whose artifacts it reads (sedsft.stages `reads`)."""
+    return {name: stage_settings(settings, name) for name in _reads_closure(stage)}
+
+
+def _reads_closure(stage: str) -> list[str]:
+    seen = [stage]
+    for name in seen:
+        seen += [r for r in STAGES[name].reads if r not in seen]
+    return seen
+
+
 def generate_settings(settings: dict, benchmark: str) -> dict:
     """What generating one benchmark reads: editing another benchmark's sampling re-runs nothing here."""
     out = stage_settings(settings, "generate")

@@ -20,6 +20,9 @@ class Stage(NamedTuple):
     module: str
     sections: tuple[str, ...] | None
     gpus: bool = False
+    # the shared stages whose artifacts this one reads: an experiment reuses another's artifact of
+    # this stage only if those agree too (config.reuse_settings; tiny's RL prompts are not micro's)
+    reads: tuple[str, ...] = ()
 
 
 # Two seeds (README "Seeds"): `data_seed` makes what every seed of an experiment shares (the tiny
@@ -27,11 +30,12 @@ class Stage(NamedTuple):
 # what varies between seeds (SFT data order, diversity, RL and evaluation sampling).
 STAGES: dict[str, Stage] = {
     "tiny_task": Stage("sedsft.tinytask", ("data_seed", "system_prompt", "model.tiny")),
-    "base_model": Stage("sedsft.tinymodel", ("data_seed", "system_prompt", "model")),
-    "sft_data": Stage("sedsft.data", ("system_prompt", "model", "data.sft")),
-    "rl_prompts": Stage("sedsft.data", ("system_prompt", "data.rl")),
-    "benchmark_data": Stage("sedsft.data", ("benchmarks_dir", "eval.limit")),
-    "threshold": Stage("sedsft.threshold", ("model", "threshold", "sft.top_k", "sft.ratio"), gpus=True),
+    "base_model": Stage("sedsft.tinymodel", ("data_seed", "system_prompt", "model"), reads=("tiny_task",)),
+    "sft_data": Stage("sedsft.data", ("system_prompt", "model", "data.sft"), reads=("tiny_task", "base_model")),
+    "rl_prompts": Stage("sedsft.data", ("system_prompt", "data.rl"), reads=("tiny_task",)),
+    "benchmark_data": Stage("sedsft.data", ("benchmarks_dir", "eval.limit"), reads=("tiny_task",)),
+    "threshold": Stage("sedsft.threshold", ("model", "threshold", "sft.top_k", "sft.ratio"), gpus=True,
+                       reads=("base_model", "sft_data")),
     "sft": Stage("sedsft.sft", ("seed", "model", "sft"), gpus=True),
     "diversity": Stage("sedsft.diversity", ("seed", "data_seed", "system_prompt", "model.trust_remote_code", "diversity"),
                        gpus=True),

@@ -68,11 +68,11 @@ def stage_json(stage):
 
 def owner(exp, stage):
     """The experiment whose artifact of `stage` this one reuses: the farthest ancestor along
-    `extends` (a seed run's ancestor is its experiment) with the same settings for that stage:
-    tiny_ce trains on tiny's base model and data, tiny.seed43 on tiny's too."""
-    settings = C.stage_settings(experiment(exp), stage)
+    `extends` (a seed run's ancestor is its experiment) with the same settings for that stage and
+    the stages it reads: tiny_ce trains on tiny's base model and data, tiny.seed43 on tiny's too."""
+    settings = C.reuse_settings(experiment(exp), stage)
     parent = C.parent_of(config, exp)
-    while parent and C.stage_settings(experiment(parent), stage) == settings:
+    while parent and C.reuse_settings(experiment(parent), stage) == settings:
         exp, parent = parent, C.parent_of(config, parent)
     return exp
 
