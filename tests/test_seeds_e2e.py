@@ -2,13 +2,19 @@
 comparison (results/compare/{name}.md), in a copy of the session's micro run (tests/micro_run.py),
 whose data, base model and tau the four seed runs reuse. Every number is checked against a
 computation of its own from the graded files: textbook t intervals and an exact enumeration of
-the sign-flip permutations."""
+the sign-flip permutations.
+
+The micro model answers nothing right, and statistics of zeros cannot tell a right computation
+from a wrong one: after the run, the tiny benchmark's grades are redrawn (seeded, per run, stage,
+problem and sample), and the workflow runs again from the graded files on, as it does after a
+re-grade."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
+import random
 import shutil
 
 import pytest
@@ -42,7 +48,21 @@ def seeds_run(micro_run, tmp_path_factory):
     shutil.copytree(micro_run.results, workdir / "results" / EXP)
     config = overlay(workdir / "seeds.yaml")
     snakemake(workdir, "--cores", "2", *TARGETS, configfiles=[config])
+    for exp in (A, B):
+        for run in runs(exp).values():
+            for stage in ("sft", "rl"):
+                redraw_grades(workdir / "results" / run / "eval" / stage / "tiny.graded.jsonl", f"{run}/{stage}")
+    again = snakemake(workdir, "--cores", "2", *TARGETS, configfiles=[config])
+    assert "eval_report" in again.stdout + again.stderr  # the reports, aggregate and comparison again
     return workdir, config
+
+
+def redraw_grades(path, key):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        rng = random.Random(f"{key}/{i}")
+        row["correct"] = [rng.random() < 0.5 for _ in row["correct"]]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def runs(exp):
@@ -130,6 +150,7 @@ def test_the_comparison_tests_the_difference_over_seeds_and_over_problems(seeds_
     table = (workdir / "results" / "compare" / f"{A}.md").read_text()
     assert "## Over seeds" in table and f"{A} − {B} after SFT, on the tiny test set" in table
     assert "paired t-test over seeds" in table and "paired permutation test over problems" in table
+    assert any(summary["differences"][B][stage]["tiny"]["over_problems"]["p"] < 1 for stage in ("sft", "rl"))
     assert (workdir / "results" / "compare" / f"{A}_seeds.png").stat().st_size > 1000
 
 

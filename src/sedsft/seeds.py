@@ -235,9 +235,9 @@ def comparison_markdown(comparison: dict) -> list[str]:
                              f"| {_planned(p['problems_needed'])} (now {p['n_problems']}) |")
             tests = {d["over_seeds"]["test"] for d in diff[stage].values()} - {None}
             lines.append("")
-            lines.append(f"Tests: {'; '.join(sorted(tests)) or 'none over seeds (one seed per side)'}; "
-                         f"{stats.__name__}.problem_difference: a paired permutation test and a paired "
-                         f"percentile bootstrap over problems ({stats.RESAMPLES} resamples).")
+            lines.append(f"Tests: over seeds, {'; '.join(sorted(tests)) or 'none (one seed per side)'}; over "
+                         f"problems, a {stats.PROBLEM_TEST} with a paired percentile bootstrap interval "
+                         f"({stats.RESAMPLES} resamples).")
         lines += ["", f"### {first} − {other}, SFT diversity over seeds", "",
                   "| metric | difference | 95 % CI | p | seeds for 80 % power |", "|---|---|---|---|---|"]
         for key, d in diff["diversity"].items():

@@ -25,6 +25,7 @@ ALPHA = 1 - CONFIDENCE
 POWER = 0.8  # the power the planning numbers aim for
 RESAMPLES = 9999
 MAX_PLANNED = 100_000  # seeds or problems beyond which the planning says "more than"
+PROBLEM_TEST = "paired permutation test over problems (samples of every seed pooled)"
 
 
 def _number(value) -> float | None:
@@ -101,7 +102,7 @@ def problem_difference(a: Sequence[float], b: Sequence[float], weights: Sequence
     x, y = w * np.asarray(a, float), w * np.asarray(b, float)
     difference = float(_weighted_sum(x, y))
     out = {"difference": difference, "n_problems": len(w), "p": None, "ci95": None,
-           "test": "paired permutation test over problems (samples of every seed pooled)",
+           "test": PROBLEM_TEST,
            "problems_needed": None}
     if np.all(x == y):
         out["p"], out["ci95"] = 1.0, [0.0, 0.0]
