@@ -636,11 +636,13 @@ def test_a_seed_run_is_its_experiment_under_another_seed():
     assert split_seed("tiny_ce.seed43") == ("tiny_ce", 43) and split_seed("tiny.v2") == ("tiny.v2", None)
     assert run["seed"] == 43 and run["data_seed"] == tiny["data_seed"] == 42
     assert run["sft"]["loss"] == "ce" and run["model"] == tiny["model"]
-    assert seed_runs(raw, "tiny") == {42: "tiny", 43: "tiny.seed43", 44: "tiny.seed44", 45: "tiny.seed45",
-                                      46: "tiny.seed46"}
-    assert seed_runs(raw, "llama3b") == {42: "llama3b"}  # seeds: null is the one seed
+    assert seed_runs("tiny", tiny) == {42: "tiny", 43: "tiny.seed43", 44: "tiny.seed44", 45: "tiny.seed45",
+                                       46: "tiny.seed46"}
+    assert seed_runs("llama3b", experiment_settings(raw, "llama3b", REPO)) == {42: "llama3b"}  # seeds: null
     with pytest.raises(ConfigError, match=r"tiny.seed42: seed 42 is tiny's own seed, whose run is results/tiny/"):
         experiment_settings(raw, "tiny.seed42", REPO)
+    with pytest.raises(ConfigError, match=r"tiny.seed43 is one seed of tiny: .* \(results/tiny/seeds.json\)"):
+        seed_runs("tiny.seed43", experiment_settings(raw, "tiny.seed43", REPO))
     with pytest.raises(ConfigError, match="unknown experiment 'nope.seed3'"):
         experiment_settings(raw, "nope.seed3", REPO)
 

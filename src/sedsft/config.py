@@ -228,11 +228,6 @@ class Experiment:
     def is_tiny(self) -> bool:
         return self.model.tiny is not None
 
-    @property
-    def run_seeds(self) -> list[int]:
-        """The seeds of the experiment's aggregate (`seeds`, or its one seed)."""
-        return list(self.seeds or [self.seed])
-
     def eval_benchmarks(self) -> list[str]:
         """The benchmarks evaluated: the configured ones plus the tiny task's own test set."""
         return list(self.eval.benchmarks) + (["tiny"] if self.is_tiny else [])
@@ -393,9 +388,13 @@ def seed_run(name: str, seed: int, own_seed: int) -> str:
     return name if seed == own_seed else f"{name}.seed{seed}"
 
 
-def seed_runs(config: dict, name: str) -> dict[int, str]:
-    """seed -> run, for the runs an experiment's aggregate reads: one per seed in `seeds` (or its one `seed`)."""
-    settings = experiment_settings(config, name)
+def seed_runs(name: str, settings: dict) -> dict[int, str]:
+    """seed -> run, for the runs an experiment's aggregate reads (settings: its merged settings):
+    one per seed in `seeds` (or its one `seed`)."""
+    base, seed = split_seed(name)
+    if seed is not None:
+        raise ConfigError(f"{name} is one seed of {base}: the runs over its seeds are {base}'s "
+                          f"(results/{base}/seeds.json)")
     return {seed: seed_run(name, seed, settings["seed"]) for seed in settings["seeds"] or [settings["seed"]]}
 
 

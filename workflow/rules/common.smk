@@ -190,7 +190,7 @@ def eval_inputs(template):
 def seed_runs(exp):
     """seed -> the run of `exp` under it (results/{exp}/ or results/{exp}.seed{N}/)."""
     try:
-        return C.seed_runs(config, exp)
+        return C.seed_runs(exp, experiment(exp))
     except C.ConfigError as error:
         raise WorkflowError(str(error)) from None
 
