@@ -96,3 +96,18 @@ def test_a_seed_run_trains_anew_on_its_experiments_data_base_model_and_tau(plan)
     assert '"seed": 43' in diversity and '"data_seed": 42' in diversity  # same prompts, other samples
     assert "results/tiny/data/rl_prompts.parquet" in plan.job("results/tiny.seed43/rl/model").inputs
     assert "results/tiny/data/bench/gsm8k.parquet" in plan.job("results/tiny.seed43/eval/rl/gsm8k.jsonl").inputs
+
+
+def test_an_extending_experiment_with_its_own_tiny_task_reuses_none_of_tinys_data(tmp_path):
+    # micro extends tiny with a smaller tiny task: the rl_prompts stage's own settings equal tiny's,
+    # but its prompts come from micro's task, so nothing of results/tiny/ may be an input
+    import yaml
+
+    from micro_run import MICRO
+    from workflow_helpers import snakemake
+
+    overlay = tmp_path / "micro.yaml"
+    overlay.write_text(yaml.safe_dump({"experiments": {"micro": MICRO}}))
+    plan = snakemake(tmp_path, "-n", "results/micro/rl_eval.json", configfiles=[overlay])
+    assert "results/micro/data/rl_prompts.parquet" in plan.stdout
+    assert "results/tiny/" not in plan.stdout
