@@ -229,7 +229,7 @@ class GradedOnce:
     def __init__(self, workers: int = 2, timeout_s: float = 5.0, **_):
         self.timeout_s = timeout_s
 
-    def grade(self, completions, golds) -> list[Grade]:
+    def grade(self, completions, golds, progress=None) -> list[Grade]:
         from sedsft.grading import _as_text
 
         completions, golds = [_as_text(c) for c in completions], [_as_text(g) for g in golds]

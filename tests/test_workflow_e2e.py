@@ -197,6 +197,38 @@ def test_rerun_nothing_changed_does_nothing(run):
     assert _plan(run) == {}
 
 
+def test_rerun_tracker_or_job_sizes_changed_does_nothing(run):
+    """How a run is watched (tracker) and what its jobs ask the scheduler for (resources) are
+    not what it computes: switching TensorBoard off or asking for more CPUs re-runs nothing."""
+    path = run[1].parent / "watched.yaml"
+    path.write_text(yaml.safe_dump({"experiments": {EXP: {**MICRO, "tracker": "none",
+                                                          "resources": {"gpus": "auto", "cpus_per_gpu": 8}}}}))
+    assert _plan(run, path) == {}
+
+
+def test_training_stages_write_tensorboard_event_files(run):
+    """results/<exp>/<stage>/tensorboard: the curves a user watches while a stage runs, read back
+    with TensorBoard's reader: pre-training and SFT losses (with the SED telemetry), RL rewards
+    and lengths, each at the steps its log history has."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def scalars(stage):
+        folder = results(run) / stage / "tensorboard"
+        assert any(p.name.startswith("events.out.tfevents.") for p in folder.iterdir()), folder
+        return EventAccumulator(str(folder)).Reload()
+
+    base = scalars("base")
+    assert "train/loss" in base.Tags()["scalars"]
+    sft = scalars("sft")
+    assert {"train/loss", "train/learning_rate", "train/grad_norm", "train/ce", "train/extra",
+            "train/mask_rate"} <= set(sft.Tags()["scalars"])
+    history = [row for row in jsonl(results(run) / "sft" / "metrics.jsonl") if "loss" in row]
+    assert [e.step for e in sft.Scalars("train/loss")] == [row["step"] for row in history]
+    assert [e.value for e in sft.Scalars("train/ce")] == pytest.approx([row["ce"] for row in history], rel=1e-5)
+    rl = scalars("rl")
+    assert {"train/reward", "train/completions/mean_length", "train/learning_rate"} <= set(rl.Tags()["scalars"])
+
+
 def test_rerun_rl_setting_reruns_only_rl_onwards(run):
     jobs = _plan(run, _override(run, "rl_lr", {"rl": {**MICRO["rl"], "learning_rate": 3.0e-5}}))
     assert dict(jobs) == {"rl": 1, "generate": 9, "grade": 9, "eval_report": 1}

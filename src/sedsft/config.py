@@ -234,8 +234,9 @@ class Experiment:
 
 
 # Keys the schema allows in an experiment that no stage reads, so no dataclass holds them:
-# `extends` is merged away, `resources` sizes the jobs (workflow/rules/common.smk).
-WORKFLOW_ONLY_KEYS = frozenset({"extends", "resources"})
+# `extends` is merged away, `resources` sizes the jobs and `tracker` is handed to the training
+# stages as a job resource (workflow/rules/common.smk), so that changing either re-runs nothing.
+WORKFLOW_ONLY_KEYS = frozenset({"extends", "resources", "tracker"})
 
 
 def _build(cls, value: Any, where: str, **given):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import re
 
-from tqdm import tqdm
 
 from sedsft.chat import IGNORE_INDEX, load_tokenizer, prompt_messages, tokenize_conversation
 from sedsft.config import ModelConfig, RLDataConfig, SFTDataConfig, section
 from sedsft.sources import DataError, get_field, load_rows
+from sedsft.tracking import progress_over
 
 CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<48/2=24>>" annotations
 
@@ -70,7 +70,7 @@ def prepare_sft(source: str, cfg: SFTDataConfig, model: ModelConfig, tokenizer_p
     for split, split_rows in splits.items():
         offset = 0 if split == "train" else cfg.train_rows
         records, too_long = [], 0
-        for i, row in enumerate(tqdm(split_rows, desc=f"tokenize {split}", mininterval=10)):
+        for i, row in enumerate(progress_over(split_rows, f"tokenize {split}", "row")):
             index = offset + i
             messages = conversation_of(row, cfg, system_prompt, source, index)
             try:

@@ -146,7 +146,7 @@ def measure(samples: dict[str, dict], prompts: list[dict], *, embed: Embedder | 
     completions = [c for p in prompts for c in samples[p["id"]]["completions"]]
     golds = [p["answer"] for p in prompts for _ in samples[p["id"]]["completions"]]
     with Grader(workers=workers, timeout_s=timeout_s) as grader:
-        grades = iter(grader.grade(completions, golds))
+        grades = iter(grader.grade(completions, golds, progress="grade diversity samples"))
     embeddings = iter(embed(completions)) if embed is not None else None
     per_prompt = []
     for prompt in prompts:

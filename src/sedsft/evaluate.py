@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from sedsft.artifacts import write_jsonl, write_text
 from sedsft.benchmarks import BENCHMARKS
@@ -28,7 +29,7 @@ def grade_file(generations: str, benchmark: str, out: str, *, workers: int, time
             completions.append(text)
             golds.append(problem["answer"])
     with Grader(workers=workers, timeout_s=timeout_s) as grader:
-        grades = iter(grader.grade(completions, golds))
+        grades = iter(grader.grade(completions, golds, progress=f"grade {Path(generations).name}"))
 
     def rows():
         for problem in problems:

@@ -23,10 +23,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from sedsft.hardware import has_cuda, has_vllm, require_vllm
 from sedsft.resume import claim_partial, fingerprint, release_partial, stamp
+from sedsft.tracking import progress
 
 
 @dataclass(frozen=True)
@@ -91,11 +90,13 @@ def generate_to_file(model_dir: str, prompts: list[dict], out: str, sampling: Sa
         fh.writelines(written[p["id"]] for batch, done in zip(batches, complete) if done for p in batch)
     if todo:
         run = _generate_vllm if backend == "vllm" else _generate_hf
-        with open(partial, "a") as fh:
+        counter = progress(len(prompts), f"generate {out.name}", "prompt", initial=len(prompts) - len(todo))
+        with open(partial, "a") as fh, counter:
             for record in run(model_dir, todo, sampling, group, trust_remote_code, tensor_parallel_size,
                               entropies=entropies):
                 fh.write(json.dumps(record) + "\n")
                 fh.flush()
+                counter.update(1)
     partial.replace(out)
     release_partial(partial)
     summary = {"backend": backend, "prompts": len(prompts), "resumed_prompts": len(prompts) - len(todo),
@@ -175,7 +176,7 @@ def _generate_hf(model_dir, prompts, sampling: SamplingSettings, per_batch, trus
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
     model.to(device).eval()
     greedy = sampling.temperature == 0
-    for start in tqdm(range(0, len(prompts), per_batch), desc="generate", mininterval=10):
+    for start in range(0, len(prompts), per_batch):
         batch = prompts[start:start + per_batch]
         texts = [tokenizer.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True)
                  for p in batch]

@@ -300,7 +300,9 @@ class Grader:
             self.close()
 
     # -- grading -----------------------------------------------------------------------
-    def grade(self, completions: Sequence[str], golds: Sequence[str]) -> list[Grade]:
+    def grade(self, completions: Sequence[str], golds: Sequence[str], progress: str | None = None) -> list[Grade]:
+        """One Grade per completion, in order; `progress` names the work in log lines with counts
+        and rate (evaluation and diversity; not RL's many small batches)."""
         completions = [_as_text(c) for c in completions]
         golds = [_as_text(g) for g in golds]
         if len(completions) != len(golds):
@@ -311,22 +313,28 @@ class Grader:
             if self._closed:
                 raise RuntimeError("Grader is closed")
             try:
-                return self._grade(completions, golds)
+                return self._grade(completions, golds, progress)
             except BaseException:
                 self._reset_pool()
                 raise
 
-    def _grade(self, completions: list[str], golds: list[str]) -> list[Grade]:
+    def _grade(self, completions: list[str], golds: list[str], what: str | None) -> list[Grade]:
+        from sedsft.tracking import progress
+
         self._replace_workers_that_died_idle()
         batch = _Batch(completions, golds, workers=self.workers, item_limit=self.timeout_s + self.margin_s,
                        startup_timeout_s=self.startup_timeout_s)
-        for w in self._pool:
-            batch.dispatch(w)
-        while batch.remaining > 0:
-            self._take_messages(batch)
-            self._kill_overdue(batch)
+        counter = progress(len(completions), what, "answer") if what else contextlib.nullcontext()
+        with counter:
             for w in self._pool:
                 batch.dispatch(w)
+            while batch.remaining > 0:
+                self._take_messages(batch)
+                self._kill_overdue(batch)
+                for w in self._pool:
+                    batch.dispatch(w)
+                if what:
+                    counter.update(len(completions) - batch.remaining - counter.n)
         return batch.results  # type: ignore[return-value]
 
     def _replace_workers_that_died_idle(self) -> None:

@@ -14,6 +14,7 @@ from sedsft.hardware import (has_cuda, rank, require_precision, require_vllm, st
 from sedsft.launch import deepspeed_config, save_final_model
 from sedsft.resume import fingerprint, is_final, resume_point, save_checkpoint_as_final, stamp, trainer_state
 from sedsft.sources import DataError
+from sedsft.tracking import tracker_arguments, trainer_reporting, watch
 
 log = logging.getLogger("sedsft")
 
@@ -68,7 +69,7 @@ def server_ports(cfg: RLConfig) -> tuple[int, int]:
 
 
 def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int, check_hardware: bool = True,
-                trust_remote_code: bool = False):
+                trust_remote_code: bool = False, tracker: str = "tensorboard"):
     """RLConfig -> GRPOConfig. A rollout batch is prompts_per_step x num_generations completions;
     each optimizer update sees mini_batch_prompts x num_generations of them."""
     from trl import GRPOConfig
@@ -118,8 +119,7 @@ def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int, check_
         bf16=use_bf16(),
         use_cpu=not has_cuda(),
         seed=seed,
-        report_to="none",
-        disable_tqdm=True,
+        **trainer_reporting(tracker, work_dir),
     )
 
 
@@ -136,7 +136,7 @@ def filter_prompts(rows: list[dict], tokenizer, max_prompt_length: int) -> tuple
 
 
 def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: str, work_dir: str,
-          trust_remote_code: bool = False, grading_workers: int = 2) -> dict:
+          trust_remote_code: bool = False, grading_workers: int = 2, tracker: str = "tensorboard") -> dict:
     """GRPO from sft_model; saved to out_dir atomically. A re-run after a kill resumes from the
     newest complete checkpoint in work_dir that the same settings and inputs wrote; one that had
     reached its last step is saved without training."""
@@ -150,7 +150,7 @@ def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     start_deepspeed_on_cpu(cfg.deepspeed)
     # refuses GPU-only settings before any loading
-    args = grpo_config(cfg, seed, work_dir, world_size, trust_remote_code=trust_remote_code)
+    args = grpo_config(cfg, seed, work_dir, world_size, trust_remote_code=trust_remote_code, tracker=tracker)
     tokenizer = load_tokenizer(sft_model, trust_remote_code)
     tokenizer.padding_side = "left"
     rows = pd.read_parquet(prompts_file).to_dict("records")
@@ -178,6 +178,7 @@ def train(sft_model: str, cfg: RLConfig, seed: int, prompts_file: str, out_dir: 
     reward = MathVerifyReward(workers=grading_workers) if cfg.reward == "math_verify" else exact_match_reward
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
                           train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
+    watch(trainer)
     trainer.train(resume_from_checkpoint=resume)
 
     save_final_model(trainer, tokenizer, out_dir)
@@ -194,10 +195,11 @@ def rl_arguments(parser) -> None:
     parser.add_argument("--prompts", required=True, help="rl_prompts.parquet (written by rl_prompts)")
     parser.add_argument("--out-dir", required=True, help="model folder this stage writes (save_pretrained)")
     parser.add_argument("--work-dir", required=True, help="checkpoint folder this stage writes and resumes from")
+    tracker_arguments(parser)
 
 
 def run_rl(args, settings: dict) -> dict:
     from sedsft.config import section
 
     return train(args.model, section(settings, RLConfig, "rl"), settings["seed"], args.prompts, args.out_dir,
-                 args.work_dir, trust_remote_code=settings["model"]["trust_remote_code"])
+                 args.work_dir, trust_remote_code=settings["model"]["trust_remote_code"], tracker=args.tracker)

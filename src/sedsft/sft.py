@@ -15,6 +15,7 @@ from sedsft.config import ModelConfig, SFTConfig
 from sedsft.hardware import has_cuda, rank, require_precision, start_deepspeed_on_cpu, trainable_dtype, use_bf16
 from sedsft.launch import deepspeed_config, save_final_model, zero_stage
 from sedsft.resume import fingerprint, is_final, resume_point, save_checkpoint_as_final, stamp, trainer_state
+from sedsft.tracking import tracker_arguments, trainer_reporting, watch
 
 # the loss module imports torch: the CLI imports this module for the sft stage's flags before it
 # has chosen the process's GPUs (launch.pin_gpus), so the loss is imported where it is used
@@ -142,7 +143,8 @@ def make_trainer_class():
 
 
 def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, train_file: str,
-          tau: float | None, out_dir: str, work_dir: str, metrics_file: str | None = None) -> dict:
+          tau: float | None, out_dir: str, work_dir: str, metrics_file: str | None = None,
+          tracker: str = "tensorboard") -> dict:
     """Fine-tune and save to out_dir atomically. A re-run after a kill resumes from the newest
     complete checkpoint in work_dir that the same settings and inputs wrote (bit-identical to an
     uninterrupted run on CPU); one that had reached its last step is saved without training."""
@@ -195,9 +197,8 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
             use_cpu=not has_cuda(),
             seed=seed,
             data_seed=seed,
-            report_to="none",
             remove_unused_columns=False,
-            disable_tqdm=True,
+            **trainer_reporting(tracker, work_dir),
         )
         # ---- model and trainer
         model = AutoModelForCausalLM.from_pretrained(base_model, dtype=trainable_dtype(cfg.deepspeed),
@@ -207,6 +208,7 @@ def train(base_model: str, model_cfg: ModelConfig, cfg: SFTConfig, seed: int, tr
             model=model, args=args, train_dataset=load_sequences(train_file),
             data_collator=pad_collator(tokenizer.pad_token_id), loss_settings=settings, loss_impl=impl,
             chunk_size=cfg.loss_chunk_size)
+        watch(trainer)
         # ---- train, save
         trainer.train(resume_from_checkpoint=resume)
         save_final_model(trainer, tokenizer, out_dir)
@@ -263,6 +265,7 @@ def sft_arguments(parser) -> None:
     parser.add_argument("--out-dir", required=True, help="model folder this stage writes (save_pretrained)")
     parser.add_argument("--work-dir", required=True, help="checkpoint folder this stage writes and resumes from")
     parser.add_argument("--metrics", help="metrics.jsonl this stage writes: one line per logging step")
+    tracker_arguments(parser)
 
 
 def run_sft(args, settings: dict) -> dict:
@@ -273,4 +276,4 @@ def run_sft(args, settings: dict) -> dict:
 
     tau = read_tau(args.threshold) if loss_named(cfg.loss).needs_tau else None
     return train(args.base, section(settings, ModelConfig, "model"), cfg, settings["seed"], args.train, tau,
-                 args.out_dir, args.work_dir, metrics_file=args.metrics)
+                 args.out_dir, args.work_dir, metrics_file=args.metrics, tracker=args.tracker)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sedsft.chat import prompt_messages
 from sedsft.config import ConfigError, GGUFConfig, TinyModelConfig, section
+from sedsft.tracking import trainer_reporting, tracker_arguments, watch
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # ChatML, the template of Qwen2.5 and SmolLM2: each turn is <|im_start|>role\n...<|im_end|>\n
@@ -77,7 +78,8 @@ def conversation(system_prompt: str, question: str, answer: str | None = None) -
     return messages
 
 
-def pretrain(model, tokenizer, texts: list[str], cfg: TinyModelConfig, seed: int, work_dir: Path) -> list[dict]:
+def pretrain(model, tokenizer, texts: list[str], cfg: TinyModelConfig, seed: int, work_dir: Path,
+             tracker: str = "tensorboard") -> list[dict]:
     """Causal-LM training on whole chat-formatted texts; returns the Trainer's log history."""
     import torch
     from transformers import Trainer, TrainingArguments
@@ -103,20 +105,20 @@ def pretrain(model, tokenizer, texts: list[str], cfg: TinyModelConfig, seed: int
         warmup_steps=0.05,
         logging_steps=max(1, cfg.pretrain_steps // 10),
         save_strategy="no",
-        report_to="none",
         use_cpu=not torch.cuda.is_available(),
         seed=seed,
         remove_unused_columns=False,
-        disable_tqdm=True,
+        **trainer_reporting(tracker, work_dir),
     )
     trainer = Trainer(model=model, args=args, train_dataset=encoded, data_collator=collate)
+    watch(trainer)
     if cfg.pretrain_steps > 0:
         trainer.train()
     return trainer.state.log_history
 
 
 def build_and_pretrain(task_dir: str | Path, out_dir: str | Path, cfg: TinyModelConfig, seed: int,
-                       system_prompt: str) -> dict:
+                       system_prompt: str, tracker: str = "tensorboard") -> dict:
     """Tokenizer from the task's text, Llama from config, brief pre-training, save_pretrained."""
     task_dir, out_dir = Path(task_dir), Path(out_dir)
     rows = [json.loads(line) for line in open(task_dir / "pretrain.jsonl")]
@@ -127,7 +129,7 @@ def build_and_pretrain(task_dir: str | Path, out_dir: str | Path, cfg: TinyModel
     texts = [tokenizer.apply_chat_template(conversation(system_prompt, r["question"], r["answer"]), tokenize=False)
              for r in rows]
     model = build_model(tokenizer, cfg, seed)
-    history = pretrain(model, tokenizer, texts, cfg, seed, out_dir.parent / "pretrain_checkpoints")
+    history = pretrain(model, tokenizer, texts, cfg, seed, out_dir.parent / "pretrain_checkpoints", tracker)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     losses = [h["loss"] for h in history if "loss" in h]
@@ -144,6 +146,7 @@ def base_model_arguments(parser) -> None:
     parser.add_argument("--task-dir", help="the tiny task's folder (pretrain.jsonl, sft.jsonl; written by "
                                            "tiny_task); a tiny model needs it, a GGUF one does not")
     parser.add_argument("--out-dir", required=True, help="model folder this stage writes (save_pretrained)")
+    tracker_arguments(parser)
 
 
 def run_base_model(args, settings: dict) -> dict:
@@ -155,4 +158,5 @@ def run_base_model(args, settings: dict) -> dict:
     if not args.task_dir:
         raise ConfigError("base-model: a tiny model needs --task-dir (the tiny task's files)")
     tiny = section(settings, TinyModelConfig, "model.tiny")
-    return build_and_pretrain(args.task_dir, args.out_dir, tiny, settings["data_seed"], settings["system_prompt"])
+    return build_and_pretrain(args.task_dir, args.out_dir, tiny, settings["data_seed"], settings["system_prompt"],
+                              args.tracker)

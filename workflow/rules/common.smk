@@ -297,9 +297,16 @@ def gpus(stage):
 
 
 def cpus(stage, base):
-    """threads (Slurm --cpus-per-task): `base`, and at least 4 per GPU the job uses."""
+    """threads (Slurm --cpus-per-task): `base`, and at least resources.cpus_per_gpu per GPU the job uses."""
     count = gpus(stage)
-    return lambda w: max(base, 4 * count(w))
+    return lambda w: max(base, experiment(w.exp)["resources"]["cpus_per_gpu"] * count(w))
+
+
+def tracker(w):
+    """Where a training stage's curves go (config `tracker`). A resource, not a param: Snakemake
+    re-runs a job whose params changed (persistence `params` trigger), and switching from
+    TensorBoard to W&B changes how a run is watched, not what it computes."""
+    return experiment(w.exp)["tracker"]
 
 
 def mem_mb(rule):

@@ -44,12 +44,14 @@ rule base_model:
     resources:
         mem_mb=mem_mb("base_model"),
         runtime=runtime("base_model"),
+        tracker=tracker,
     params:
         settings=stage_json("base_model"),
         task_dir=lambda w, input: f"--task-dir $(dirname {input.pretrain})" if "pretrain" in input.keys() else "",
     shell:
         "sedsft base-model --experiment {wildcards.exp} --settings {params.settings:q}"
-        " {params.task_dir} --out-dir {output.model} --summary {output.summary} > {log} 2>&1"
+        " {params.task_dir} --out-dir {output.model} --tracker {resources.tracker}"
+        " --summary {output.summary} > {log} 2>&1"
 
 
 rule sft_data:

@@ -19,6 +19,7 @@ rule rl:
         gpu=gpus("rl"),
         mem_mb=mem_mb("rl"),
         runtime=runtime("rl"),
+        tracker=tracker,
     params:
         settings=stage_json("rl"),
         launcher=rl_launcher,
@@ -27,4 +28,5 @@ rule rl:
         "{params.launcher} rl --experiment {wildcards.exp} --settings {params.settings:q}"
         " --model {input.model} --prompts {input.prompts} --out-dir {output.model}"
         " --work-dir results/{wildcards.exp}/rl/checkpoints --gpus {params.gpus}"
+        " --tracker {resources.tracker}"
         " --summary {output.summary} > {log} 2>&1"

@@ -48,6 +48,7 @@ rule sft:
         gpu=gpus("sft"),
         mem_mb=mem_mb("sft"),
         runtime=runtime("sft"),
+        tracker=tracker,
     params:
         settings=stage_json("sft"),
         base=base_model,
@@ -57,4 +58,5 @@ rule sft:
         "{params.launcher} sft --experiment {wildcards.exp} --settings {params.settings:q}"
         " --base {params.base:q} --train {input.train} --threshold {input.threshold}"
         " --out-dir {output.model} --work-dir results/{wildcards.exp}/sft/checkpoints --metrics {output.metrics}"
-        " --gpus {params.gpus} --summary {output.summary} > {log} 2>&1"
+        " --gpus {params.gpus} --tracker {resources.tracker}"
+        " --summary {output.summary} > {log} 2>&1"
