@@ -35,6 +35,8 @@ SED mask, every token for sed_nomask, 0 for the others), entropy_sum (entropy of
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Callable
 
 import torch
@@ -299,6 +301,20 @@ def final_hidden_states(forward: Callable, input_ids: torch.Tensor, attention_ma
     return outputs.hidden_states[-1]
 
 
+def whole(weight: torch.Tensor):
+    """A context in which a ZeRO-3-partitioned weight is whole (gathered read-only on every rank,
+    released on exit: deepspeed 0.19.8 runtime/zero/partition_parameters.py GatheredParameters,
+    modifier_rank=None); a no-op for a weight that is not partitioned. The fused loss needs the
+    weight only inside: it computes the weight's gradient during forward and hands it to autograd
+    in backward, where ZeRO-3's gradient hook on the parameter reduce-scatters it as it does the
+    gradients its own module hooks produce (stage3.py `reduce_partition_and_remove_grads`)."""
+    if not hasattr(weight, "ds_id"):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([weight], modifier_rank=None)
+
+
 def lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
             labels: torch.Tensor, settings: LossSettings, num_items_in_batch=None,
             impl: str = "fused", chunk_size: int = 1024, forward: Callable | None = None
@@ -308,8 +324,8 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     without the [B, T, V] logits. labels [B, T] (-100 = ignore) are shifted inside (position t
     predicts labels[t + 1]). The denominator is num_items_in_batch when given (gradient
     accumulation: label tokens of the whole accumulated batch) else this batch's label tokens.
-    impl "fused" reads the lm_head weight directly; "checkpointed" calls the lm_head module (use
-    it when the weight is partitioned, e.g. DeepSpeed ZeRO-3, or the head is wrapped/adapted).
+    impl "fused" reads the lm_head weight directly (gathered first when ZeRO-3 partitions it);
+    "checkpointed" calls the lm_head module (use it when the head is wrapped or adapted).
     forward: what runs the model's forward (the trainer's wrapped model, e.g. a DeepSpeedEngine;
     see `final_hidden_states`); default the model itself."""
     if impl not in IMPLS:
@@ -329,15 +345,16 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
         if not isinstance(head, nn.Linear) or any(True for _ in head.children()):
             raise ValueError(f"impl 'fused' reads lm_head.weight directly, but the head is a {type(head).__name__} "
                              "(wrapped or adapted); use impl='checkpointed'")
-        if weight is None or weight.dim() != 2 or weight.numel() == 0 or hasattr(weight, "ds_id"):
-            raise ValueError("impl 'fused' needs the full lm_head weight; it is partitioned "
-                             "(DeepSpeed ZeRO-3?): use impl='checkpointed'")
+        if weight is None or (weight.dim() != 2 and not hasattr(weight, "ds_id")):
+            raise ValueError(f"impl 'fused' reads lm_head.weight [V, H], but it is {weight!r}; "
+                             "use impl='checkpointed'")
     hidden = final_hidden_states(forward or model, input_ids, attention_mask)  # [B, T, H]
     hidden = hidden[:, :-1, :].reshape(-1, hidden.size(-1))  # [B*(T-1), H]
     targets = labels[:, 1:].reshape(-1).to(hidden.device)  # [B*(T-1)]
     denominator = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
     if impl == "fused":
-        loss, stats = fused_linear_loss(hidden, head.weight, targets, settings, denominator, chunk_size)
+        with whole(head.weight):  # [V, H] on every rank while the loss and its gradient are computed
+            loss, stats = fused_linear_loss(hidden, head.weight, targets, settings, denominator, chunk_size)
     else:
         loss, stats = checkpointed_lm_loss(hidden, head, targets, settings, denominator, chunk_size)
     return loss, stats

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from sedsft.artifacts import write_jsonl
 from sedsft.config import ModelConfig, SFTConfig
 from sedsft.hardware import has_cuda, rank, require_precision, start_deepspeed_on_cpu, trainable_dtype, use_bf16
-from sedsft.launch import deepspeed_config, save_final_model, zero_stage
+from sedsft.launch import deepspeed_config, save_final_model
 from sedsft.resume import fingerprint, is_final, resume_point, save_checkpoint_as_final, stamp, trainer_state
 from sedsft.tracking import tracker_arguments, trainer_reporting, watch
 
@@ -87,11 +87,9 @@ class TelemetryWindow:
 
 
 def loss_implementation(cfg: SFTConfig) -> str:
-    """auto: the fused chunked loss, or the checkpointed one under ZeRO-3 (the LM-head weight is
-    partitioned there and only the module's own forward gathers it)."""
-    if cfg.loss_impl != "auto":
-        return cfg.loss_impl
-    return "checkpointed" if zero_stage(cfg.deepspeed) == 3 else "fused"
+    """auto: the fused chunked loss, ZeRO-3 included (chunked_loss.whole gathers the partitioned
+    LM-head weight for it)."""
+    return "fused" if cfg.loss_impl == "auto" else cfg.loss_impl
 
 
 def make_trainer_class():
