@@ -10,6 +10,11 @@ Compared, all from hidden [tokens, hidden] and an lm_head weight [vocab, hidden]
     fused_ce          chunked_loss.fused_linear_loss, loss "ce"
     fused_sed         chunked_loss.fused_linear_loss, loss "sed"
     checkpointed_sed  chunked_loss.checkpointed_lm_loss (lm_head module + checkpoint per chunk)
+The peers a user would install instead (CE only; each skipped, with the reason, where it cannot run):
+    chunked_ce        torchtune-style: the logits in 8 chunks, each upcast to fp32 for the CE
+                      (torchtune CEWithChunkedOutputLoss), plain torch, any device
+    liger_ce          Liger-Kernel's fused linear cross-entropy (liger-kernel 0.8.5, Triton: CUDA)
+    cce_ce            Apple's Cut Cross-Entropy (cut-cross-entropy 25.1.1, Triton: CUDA)
 
 Peak memory: on CUDA torch.cuda.max_memory_allocated during forward + backward, minus what was
 allocated before (inputs, weights). On CPU there is no allocator statistic; reported instead:
@@ -70,8 +75,46 @@ def make_methods(args, settings: LossSettings):
     def checkpointed_sed(h, head, y, denom):
         return checkpointed_lm_loss(h, head, y, settings, denom, args.chunk_size)[0]
 
+    def chunked_ce(h, head, y, denom):
+        total = h.new_zeros((), dtype=torch.float32)
+        for h_c, y_c in zip(h.chunk(TORCHTUNE_CHUNKS), y.chunk(TORCHTUNE_CHUNKS)):
+            total = total + F.cross_entropy(head(h_c).float(), y_c, ignore_index=IGNORE, reduction="sum")
+        return total / denom
+
+    def liger_ce(h, head, y, denom):
+        # liger_kernel 0.8.5 transformers/fused_linear_cross_entropy.py: forward(lin_weight, _input, target)
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+        return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE, reduction="sum")(head.weight, h, y) / denom
+
+    def cce_ce(h, head, y, denom):
+        # cut_cross_entropy 25.1.1 linear_cross_entropy.py: (e, c, targets, ignore_index, softcap, reduction)
+        from cut_cross_entropy import linear_cross_entropy
+
+        return linear_cross_entropy(h, head.weight, y, ignore_index=IGNORE, reduction="sum") / denom
+
     return {"naive_ce": naive_ce, "upstream_sed": upstream_sed, "fused_ce": fused(LossSettings("ce")),
-            "fused_sed": fused(settings), "checkpointed_sed": checkpointed_sed}
+            "fused_sed": fused(settings), "checkpointed_sed": checkpointed_sed, "chunked_ce": chunked_ce,
+            "liger_ce": liger_ce, "cce_ce": cce_ce}
+
+
+# torchtune's CEWithChunkedOutputLoss default (num_output_chunks = 8)
+TORCHTUNE_CHUNKS = 8
+# the Triton peers: the package each needs, and CUDA
+TRITON_PEERS = {"liger_ce": "liger_kernel", "cce_ce": "cut_cross_entropy"}
+
+
+def why_not(name: str, device) -> str | None:
+    """Why a peer cannot run here, or None."""
+    import importlib.util
+
+    if name not in TRITON_PEERS:
+        return None
+    if device.type != "cuda":
+        return "Triton kernels: CUDA only"
+    if importlib.util.find_spec(TRITON_PEERS[name]) is None:
+        return f"{TRITON_PEERS[name]} is not installed"
+    return None
 
 
 def sync(device):
@@ -193,6 +236,12 @@ def main(argv=None):
     print(f"full fp32 logits would be {fmt_bytes(args.tokens * args.vocab * 4)}")
     rows = []
     for name in args.methods.split(","):
+        if name not in methods:
+            sys.exit(f"--methods: unknown method {name!r}; choose from {', '.join(methods)}")
+        reason = why_not(name, device)
+        if reason:
+            print(f"{name}: skipped ({reason})")
+            continue
         if use_rss:
             child = without_options(argv, ("--methods", "--json", "--csv"))
             out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *child, "--methods", name, "--child"],

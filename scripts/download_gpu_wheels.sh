@@ -40,6 +40,8 @@ PACKAGES=(
     math-verify==0.9.0 latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2
     deepspeed==0.19.8 hjson==3.1.0 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0
     typing-inspection==0.4.5
+    # the loss perf step's peers (Triton kernels; the image has triton): pure-python wheels
+    liger-kernel==0.8.5 cut-cross-entropy==25.1.1
     # training curves (config `tracker`: the Trainer's TensorBoard callback)
     tensorboard==2.21.0 tensorboard-data-server==0.7.2 absl-py==2.5.1 grpcio==1.85.3 Markdown==3.11.3
     Werkzeug==3.1.9 protobuf==7.36.2

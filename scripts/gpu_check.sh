@@ -4,7 +4,8 @@
 #             src/ on PYTHONPATH
 #   env       nvidia-smi -L, torch version, device name, package versions, vLLM or not
 #   perf      loss speed and memory at 128,256 vocab x 8,192 tokens x 3,072 hidden in bf16: fused
-#             chunked SED vs fused chunked CE vs naive CE vs upstream-style SED (time, peak memory)
+#             chunked SED vs fused chunked CE vs naive CE vs upstream-style SED (time, peak memory),
+#             and the peers' CE: Liger-Kernel, Cut Cross-Entropy, torchtune-style chunked
 #   pytest    tests/test_chunked_loss.py
 #   gpuonly   what only a GPU shows: fp32 master weights under bf16 autocast (tests/test_precision.py
 #             on the GPU) and ZeRO-3 gradient accumulation on 1 GPU vs one big batch
@@ -162,7 +163,7 @@ else  # CPU rehearsal: the benchmark's CPU-sized defaults
     BENCH_ARGS=(--device cpu --no-rss)
 fi
 step perf "${T_PERF:-75}" perf.log "$PYTHON" scripts/gpu_check_summary.py perf --json "$LOGS/checks.json" \
-    -- "${BENCH_ARGS[@]}" --methods naive_ce,upstream_sed,fused_ce,fused_sed,checkpointed_sed
+    -- "${BENCH_ARGS[@]}" --methods naive_ce,upstream_sed,fused_ce,fused_sed,checkpointed_sed,chunked_ce,liger_ce,cce_ce
 step pytest "${T_PYTEST:-60}" pytest.log "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_chunked_loss.py
 step gpuonly "${T_GPUONLY:-180}" gpuonly.log "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_precision.py \
     tests/test_gpu_only.py

@@ -330,3 +330,14 @@ def test_summary_flags_a_stage_that_saw_more_gpus_than_asked(tmp_path):
     (results / "sft" / "threshold.json").unlink()
     (line,) = module.gpu_visibility_lines(results)
     assert "none saw more than its job asked for" in line
+
+
+def test_perf_lines_compare_fused_sed_with_the_fastest_peer_ce():
+    module = load_summary_module()
+    rows = [{"name": "naive_ce", "loss": 1.0, "time": 0.010, "peak": 1000},
+            {"name": "fused_sed", "loss": 1.1, "time": 0.0055, "peak": 300},
+            {"name": "liger_ce", "loss": 1.0, "time": 0.005, "peak": 400},
+            {"name": "cce_ce", "loss": 1.0, "time": 0.006, "peak": 250}]
+    lines = "\n".join(module.perf_lines({"args": [], "rows": rows}))
+    assert "fused_sed / liger_ce      time x1.10, peak x0.75" in lines
+    assert "fused_sed vs the fastest peer CE (liger_ce): time x1.10 (goal <= 1.10), peak x0.75" in lines

@@ -39,3 +39,19 @@ def test_the_child_gets_no_option_of_the_parent_it_should_not_repeat():
     spec.loader.exec_module(module)
     argv = ["--tokens", "48", "--methods", "a,b", "--json=x.json", "--csv", "x.csv", "--no-rss"]
     assert module.without_options(argv, ("--methods", "--json", "--csv")) == ["--tokens", "48", "--no-rss"]
+
+
+def test_the_peers_run_where_they_can_and_say_why_not_elsewhere(tmp_path):
+    """chunked_ce (torchtune-style, plain torch) gives naive_ce's loss; the Triton peers are
+    reported as skipped on CPU, not crashed on."""
+    out = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--no-rss", "--methods", "naive_ce,chunked_ce,liger_ce,cce_ce",
+                          "--json", str(tmp_path / "rows.json")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "liger_ce: skipped (Triton kernels: CUDA only)" in out.stdout
+    assert "cce_ce: skipped (Triton kernels: CUDA only)" in out.stdout
+    rows = {r["name"]: r for r in json.loads((tmp_path / "rows.json").read_text())["rows"]}
+    assert set(rows) == {"naive_ce", "chunked_ce"}
+    assert abs(rows["chunked_ce"]["loss"] - rows["naive_ce"]["loss"]) <= 1e-5 * abs(rows["naive_ce"]["loss"])
+    bad = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--no-rss", "--methods", "fused_ce,nope"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "--methods: unknown method 'nope'" in bad.stderr
