@@ -46,7 +46,7 @@ def micro_run(tmp_path_factory):
 # on disk, or that worker waits for it on the lock).
 MICRO_READERS = ("tests/test_workflow_e2e.py", "tests/test_reliability.py")
 FIRST = ("micro", "tests/test_deepspeed_cpu.py", "tests/test_rl.py")
-LAST = ("tests/test_seeds_e2e.py", "tests/test_slurm_profile.py")
+LAST = ("tests/test_seeds_e2e.py", "tests/test_slurm_cluster.py")
 
 
 def work_unit(nodeid: str) -> str:

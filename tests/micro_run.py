@@ -3,7 +3,7 @@ that they read (conftest's `micro_run` fixture, once per session, shared by the 
 
 - tests/test_workflow_e2e.py checks every artifact of the run and the re-run semantics on it;
 - tests/test_reliability.py kills stages in a copy of it and compares the re-runs' bytes with it;
-- tests/test_slurm_profile.py runs its stages up to SFT again through the Slurm profile, in
+- tests/test_slurm_cluster.py runs its stages up to tau again through a real Slurm, in
   another folder, and compares the bytes with it.
 
 The run is what a new user gets: a `git clone` of the repository in an empty folder (nothing

@@ -6,7 +6,7 @@ Each test works in a copy of that run: it deletes one stage's outputs, runs that
 `snakemake` in its own process group, kills the group with SIGKILL once a checkpoint or some
 samples are on disk, re-runs, and compares the bytes with the uninterrupted run, which was made
 in another folder. (Two runs up to tau in two folders, one local and one through the Slurm
-profile, are compared in tests/test_slurm_profile.py.)
+profile, are compared in tests/test_slurm_cluster.py.)
 """
 
 from __future__ import annotations

@@ -1,26 +1,23 @@
-"""profiles/slurm: the micro `tiny` DAG submitted through snakemake-executor-plugin-slurm to a
-fake Slurm (sbatch runs the job here, sacct reports its exit status); the GPUs, CPUs, memory and
-time each job asks for, as derived from the config; and sedsft.launch across Slurm nodes."""
+"""profiles/slurm without a cluster: the GPUs, CPUs, memory and time each job asks for, as derived
+from the config (dry runs), and sedsft.launch across Slurm nodes with fake scontrol/srun (a job
+over two nodes, which the one-node cluster of tests/test_slurm_cluster.py cannot hold)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
 import yaml
 
-from e2e_checks import assert_same_run_up_to_tau
-from micro_run import EXP as MICRO_EXP
-from micro_run import MICRO, write_overlay
-from workflow_helpers import REPO, snakemake
+from micro_run import MICRO
+from workflow_helpers import REPO, planned_resources, snakemake
 
 PROFILE = REPO / "profiles" / "slurm"
+# a dry run caps each job's threads at --cores (1 unless given); a job sent to Slurm is not capped
+UNCAPPED = ("--cores", "1024")
 EXP = "micro_slurm"
 # the micro experiment, smaller still: the fewest benchmarks the config allows (the three with
 # their own sampling, plus tiny's test set), fewer steps and tokens; each job is mostly start-up
@@ -32,82 +29,6 @@ SMALL = {**MICRO,
          "rl": {**MICRO["rl"], "max_steps": 1},
          "eval": {**MICRO["eval"], "benchmarks": ["aime24", "aime25", "amc23"], "limit": 1, "max_new_tokens": 8}}
 
-# Fake Slurm commands, written into tmp_path and put first on PATH. They keep their state in
-# $FAKE_SLURM (jobs.tsv: id, name; <id>.rc once a job ended; *.jsonl: the argv of every call).
-FAKE = {
-    "sbatch": r'''
-import json, os, subprocess, sys
-state = os.environ["FAKE_SLURM"]
-argv = sys.argv[1:]
-with open(f"{state}/sbatch.jsonl", "a") as fh:
-    fh.write(json.dumps(argv) + "\n")
-value = lambda flag: argv[argv.index(flag) + 1]
-payload = next(a[len("--wrap="):] for a in argv if a.startswith("--wrap="))
-with open(f"{state}/jobs.tsv", "a+") as fh:  # one snakemake submits from several threads
-    import fcntl
-    fcntl.flock(fh, fcntl.LOCK_EX)
-    fh.seek(0)
-    jobid = str(1000 + len(fh.readlines()))
-    fh.write(f"{jobid}\t{value('--job-name')}\n")
-log = value("--output").replace("%j", jobid)
-os.makedirs(os.path.dirname(log), exist_ok=True)
-env = {**os.environ, "SLURM_JOB_ID": jobid, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "localhost",
-       "SLURM_NODEID": "0"}
-rc = f"{state}/{jobid}.rc"
-subprocess.Popen(["/bin/sh", "-c", 'sh -c "$1"; echo $? > "$2.tmp" && mv "$2.tmp" "$2"', "sh", payload, rc],
-                 stdout=open(log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                 cwd=value("-D"), env=env, start_new_session=True)
-print(jobid)
-''',
-    "sacct": r'''
-import os, sys
-state = os.environ["FAKE_SLURM"]
-name = sys.argv[sys.argv.index("--name") + 1] if "--name" in sys.argv else None
-if not os.path.exists(f"{state}/jobs.tsv"):
-    sys.exit(0)
-for line in open(f"{state}/jobs.tsv"):
-    jobid, job_name = line.split()
-    if name not in (None, job_name):
-        continue
-    try:
-        status = "COMPLETED" if open(f"{state}/{jobid}.rc").read().strip() == "0" else "FAILED"
-    except FileNotFoundError:
-        status = "RUNNING"
-    print(f"{jobid}|{status}")
-''',
-    "squeue": "import subprocess, sys; sys.exit(subprocess.call(['sacct'] + sys.argv[1:]))",
-    "sacctmgr": "print('testacct')",
-    "sinfo": "",
-    "srun": r'''
-import json, os, sys
-with open(os.environ["FAKE_SLURM"] + "/srun.jsonl", "a") as fh:
-    fh.write(json.dumps(sys.argv[1:]) + "\n")
-args, valued = sys.argv[1:], {"-n", "-N", "-c", "--ntasks", "--nodes", "--cpus-per-task", "--gpus"}
-while args and args[0].startswith("-"):
-    args = args[2:] if args[0] in valued else args[1:]
-os.execvp(args[0], args)
-''',
-}
-
-
-def fake_slurm(folder: Path) -> dict:
-    """The environment of a run against the fake Slurm: its commands first on PATH."""
-    bin_dir, state = folder / "bin", folder / "state"
-    bin_dir.mkdir()
-    state.mkdir()
-    for name, body in FAKE.items():
-        path = bin_dir / name
-        path.write_text(f"#!{sys.executable}\n{body}")
-        path.chmod(0o755)
-    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
-    return {"PATH": path, "FAKE_SLURM": str(state)}
-
-
-def calls(folder: Path, command: str) -> list[list[str]]:
-    with open(folder / "state" / f"{command}.jsonl") as fh:
-        return [json.loads(line) for line in fh]
-
-
 def flag(argv: list[str], name: str) -> str | None:
     """The value of `--name value`, `--name=value` or `-n value` in an argv, else None."""
     for i, arg in enumerate(argv):
@@ -116,62 +37,6 @@ def flag(argv: list[str], name: str) -> str | None:
         if arg.startswith(name + "="):
             return arg[len(name) + 1:]
     return None
-
-
-# ------------------------------------------------------------------ the submission (slow)
-
-
-@pytest.mark.slow
-def test_micro_tau_through_the_slurm_profile_makes_the_local_runs_bytes(micro_run, tmp_path, monkeypatch):
-    """The micro DAG up to tau (tiny task, base model, SFT data, threshold) through sbatch:
-    submission, the jobstep executor, the sacct status, a re-run; and the same bytes as the
-    session's local run of the same experiment in another folder (tests/micro_run.py). The later
-    stages' resources are checked from dry runs below; each job costs two Snakemake start-ups
-    and the plugin's status polling (its interval grows by 10 s while no job ends), so the
-    submission stops at tau."""
-    for key, value in fake_slurm(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    micro = write_overlay(workdir / "micro.yaml")
-    target = f"results/{MICRO_EXP}/sft/threshold.json"
-    started = time.time()
-    snakemake(workdir, "--profile", str(PROFILE), "--jobs", "2",
-              "--default-resources", "slurm_partition=testpart", "slurm_account=testacct",
-              "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
-              target, configfiles=[micro], timeout=900)
-    print(f"micro tau through fake Slurm: {time.time() - started:.0f} s")
-
-    submitted = calls(tmp_path, "sbatch")
-    rules = {}
-    for argv in submitted:
-        rule = re.match(r"rule_([a-z_]+?)(_wildcards_.*)?$", flag(argv, "--comment")).group(1)
-        rules.setdefault(rule, []).append(argv)
-    # every job of the target went through sbatch, once
-    assert {rule: len(argvs) for rule, argvs in rules.items()} == dict.fromkeys(
-        ["tiny_task", "base_model", "sft_data", "threshold"], 1)
-    for rule, argvs in rules.items():
-        for argv in argvs:
-            assert flag(argv, "-p") == "testpart" and flag(argv, "-A") == "testacct", argv
-            # a CPU experiment: no GPU anywhere; memory, time and CPUs as the rules derive them
-            assert not any(a.startswith(("--gpus", "--gres")) for a in argv), argv
-            assert int(flag(argv, "--mem")) >= 2000 and int(flag(argv, "-t")) >= 10, argv
-    (threshold,) = rules["threshold"]
-    assert (flag(threshold, "--mem"), flag(threshold, "-t"), flag(threshold, "--cpus-per-task")) == ("4000", "20", "2")
-    assert flag(rules["tiny_task"][0], "--cpus-per-task") == "1"
-    # inside each job the jobstep executor ran the rule through srun, on one node, without GPUs
-    steps = calls(tmp_path, "srun")
-    assert len(steps) == len(submitted)
-    assert all(flag(s, "--nodes") == "1" and not any(a.startswith("--gpus") for a in s) for s in steps)
-    # and a second submission has nothing to do
-    # the target before --default-resources, which would read it as one more resource (and after a
-    # flag: --configfile, which comes first here, takes every plain argument after it)
-    again = snakemake(workdir, "--profile", str(PROFILE), target, "--default-resources",
-                      "slurm_partition=testpart", "slurm_account=testacct", configfiles=[micro])
-    assert "Nothing to be done" in again.stdout + again.stderr
-    assert len(calls(tmp_path, "sbatch")) == len(submitted)
-    # a run through Slurm in one folder and a local run in another: the same bytes
-    assert_same_run_up_to_tau(micro_run.results, workdir / "results" / MICRO_EXP)
 
 
 def test_micro_jobs_after_sft_ask_for_what_their_rules_derive(tmp_path):
@@ -194,24 +59,12 @@ def micro_config(folder: Path) -> Path:
 # ------------------------------------------------------------------ resources from the config (dry runs)
 
 
-def planned_resources(output: str) -> dict[str, list[dict[str, str]]]:
-    """{rule: [resources of each planned job]} from a dry run's job listing."""
-    plan: dict[str, list[dict[str, str]]] = {}
-    for block in re.split(r"\n(?=\[)", output):
-        rule = re.search(r"^rule (\w+):", block, flags=re.MULTILINE)
-        resources = re.search(r"^\s+resources: (.+)$", block, flags=re.MULTILINE)
-        if rule and resources:
-            pairs = dict(item.split("=", 1) for item in resources.group(1).split(", "))
-            plan.setdefault(rule.group(1), []).append(pairs)
-    return plan
-
-
 def gpus_of(plan: dict, rule: str) -> set[int]:
     return {int(job.get("gpu", 0)) for job in plan[rule]}
 
 
 def test_llama3b_jobs_ask_for_the_gpus_its_config_uses(tmp_path):
-    plan = planned_resources(snakemake(tmp_path, "--profile", str(PROFILE), "-n",
+    plan = planned_resources(snakemake(tmp_path, "--profile", str(PROFILE), "-n", *UNCAPPED,
                                        "results/llama3b/rl_eval.json").stdout)
     # sft and rl: 8 ranks; vLLM evaluation: tensor parallel 1; threshold and diversity: one GPU
     assert (gpus_of(plan, "sft"), gpus_of(plan, "rl")) == ({8}, {8})
@@ -220,6 +73,7 @@ def test_llama3b_jobs_ask_for_the_gpus_its_config_uses(tmp_path):
         assert gpus_of(plan, rule) == {0}, rule
     (sft,) = plan["sft"]
     assert (sft["mem_mb"], sft["runtime"]) == ("256000", "1440")
+    assert sft["threads"] == "32"  # resources.cpus_per_gpu (4) for each of the 8 GPUs
     assert sft["slurm_partition"] == sft["slurm_account"] == "CHANGE_ME"  # the profile's placeholders
 
 
@@ -235,14 +89,18 @@ def test_server_mode_and_tensor_parallel_add_gpus(tmp_path):
 
 
 def test_tiny_asks_for_no_gpu_and_tiny_gpu_for_one(tmp_path):
-    tiny = planned_resources(snakemake(tmp_path, "--profile", str(PROFILE), "-n",
+    tiny = planned_resources(snakemake(tmp_path, "--profile", str(PROFILE), "-n", *UNCAPPED,
                                        "results/tiny/rl_eval.json").stdout)
     assert all(gpus_of(tiny, rule) == {0} for rule in tiny)
     assert tiny["sft"][0]["mem_mb"] == "8000"
-    tiny_gpu = planned_resources(snakemake(tmp_path, "--profile", str(PROFILE), "-n",
+    tiny_gpu = planned_resources(snakemake(tmp_path, "--profile", str(PROFILE), "-n", *UNCAPPED,
                                            "results/tiny_gpu/rl_eval.json").stdout)
     assert gpus_of(tiny_gpu, "sft") == gpus_of(tiny_gpu, "rl") == gpus_of(tiny_gpu, "generate") == {1}
     assert gpus_of(tiny_gpu, "tiny_task") == {0}
+    # no more CPUs than its CPU twin: 4 per GPU would be a job larger than a small GPU node
+    threads = lambda plan, rule: {job["threads"] for job in plan[rule]}
+    for rule in ("sft", "rl", "generate", "threshold", "diversity"):
+        assert threads(tiny_gpu, rule) == threads(tiny, rule), rule
 
 
 def test_the_local_profile_plans(tmp_path):

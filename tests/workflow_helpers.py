@@ -69,3 +69,17 @@ def offline_env(clone: Path) -> dict:
     path = [str(clone / "src")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
             "PYTHONPATH": os.pathsep.join(path)}
+
+
+def planned_resources(output: str) -> dict[str, list[dict[str, str]]]:
+    """{rule: [resources of each planned job, and its "threads"]} from a dry run's job listing."""
+    plan: dict[str, list[dict[str, str]]] = {}
+    for block in re.split(r"\n(?=\[)", output):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, flags=re.MULTILINE)
+        resources = re.search(r"^\s+resources: (.+)$", block, flags=re.MULTILINE)
+        if rule and resources:
+            pairs = dict(item.split("=", 1) for item in resources.group(1).split(", "))
+            threads = re.search(r"^\s+threads: (\d+)$", block, flags=re.MULTILINE)
+            pairs["threads"] = threads.group(1) if threads else "1"
+            plan.setdefault(rule.group(1), []).append(pairs)
+    return plan
