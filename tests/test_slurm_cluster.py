@@ -78,13 +78,14 @@ def test_micro_tau_through_a_real_slurm_runs_each_job_as_declared_and_makes_the_
     workdir.mkdir()
     micro = write_overlay(workdir / "micro.yaml")
     target = f"results/{MICRO_EXP}/sft/threshold.json"
-    declared = planned_resources(snakemake(workdir, target, "--profile", str(PROFILE), "-n", "--cores", "1024",
+    # the target after a flag (--configfile, which comes first, takes every plain argument after it)
+    # and before --default-resources (which would read it as one more resource)
+    declared = planned_resources(snakemake(workdir, "--profile", str(PROFILE), target, "-n", "--cores", "1024",
                                            *CLUSTER_ARGS,
                                            configfiles=[micro], env=cluster).stdout)
     before = set(_all_jobs())
     started = time.time()
-    # the target first: written after --default-resources it would be read as one more resource
-    snakemake(workdir, target, "--profile", str(PROFILE), "--jobs", "2", *CLUSTER_ARGS, configfiles=[micro],
+    snakemake(workdir, "--profile", str(PROFILE), target, "--jobs", "2", *CLUSTER_ARGS, configfiles=[micro],
               env=cluster, timeout=900)
     print(f"micro tau through the real Slurm: {time.time() - started:.0f} s")
 
@@ -106,7 +107,7 @@ def test_micro_tau_through_a_real_slurm_runs_each_job_as_declared_and_makes_the_
             assert job["ReqCPUS"] == want["threads"], (rule, job, want)
             assert "gres/gpu" not in job["ReqTRES"], job  # a CPU experiment asks for no GPU
     # a second call has nothing to do and submits nothing
-    again = snakemake(workdir, target, "--profile", str(PROFILE), *CLUSTER_ARGS, configfiles=[micro], env=cluster)
+    again = snakemake(workdir, "--profile", str(PROFILE), target, *CLUSTER_ARGS, configfiles=[micro], env=cluster)
     assert "Nothing to be done" in again.stdout + again.stderr
     assert set(_all_jobs()) - before == {"|".join(job) for job in new}
     assert_same_run_up_to_tau(micro_run.results, workdir / "results" / MICRO_EXP)
