@@ -5,6 +5,7 @@ grading) whose logs are files, not terminals."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -67,7 +68,8 @@ def _format(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _make_progress_log():
+@functools.cache
+def _progress_log_class():
     from transformers import TrainerCallback
 
     class ProgressLog(TrainerCallback):
@@ -87,8 +89,8 @@ def _make_progress_log():
     return ProgressLog
 
 
-def ProgressLog():  # noqa: N802 (a class, built when transformers is imported)
-    return _make_progress_log()()
+def ProgressLog():  # noqa: N802 (an instance of a class built once, when transformers is imported)
+    return _progress_log_class()()
 
 
 class _LogLines:
