@@ -6,6 +6,7 @@
 #   perf      loss speed and memory at 128,256 vocab x 8,192 tokens x 3,072 hidden in bf16: fused
 #             chunked SED vs fused chunked CE vs naive CE vs upstream-style SED (time, peak memory),
 #             and the peers' CE: Liger-Kernel, Cut Cross-Entropy, torchtune-style chunked
+#   perf7b    the same at Qwen2.5-7B scale: 152,064 vocab x 8,192 tokens x 3,584 hidden in bf16
 #   pytest    tests/test_chunked_loss.py
 #   gpuonly   what only a GPU shows: fp32 master weights under bf16 autocast (tests/test_precision.py
 #             on the GPU) and ZeRO-3 gradient accumulation on 1 GPU vs one big batch
@@ -23,13 +24,13 @@
 #     --no-wheels        install nothing: use the packages this Python already has
 #     --benchmarks DIR   folder with <benchmark>/test.jsonl for the eight benchmarks (default: the
 #                        config's benchmarks_dir, data/benchmarks of this checkout)
-#     --steps LIST       comma-separated subset of env,perf,pytest,gpuonly,workflow (default: all)
+#     --steps LIST       comma-separated subset of env,perf,perf7b,pytest,gpuonly,workflow (default: all)
 #     --cores N          snakemake --cores (default: all)
 #     --configfile FILE  a config overlay merged over config.yaml (to resize tiny_gpu, say)
 #     --keep-results     reuse results/tiny_gpu instead of starting it afresh
 #     --logs DIR         where logs go (default: $OUT if set, else gpu_check_logs/)
 #     --allow-cpu        run without a CUDA GPU (a rehearsal: CPU-sized benchmark, slow workflow)
-# Time limits in seconds (environment): T_SETUP=45 T_ENV=45 T_PERF=75 T_PYTEST=60 T_GPUONLY=180
+# Time limits in seconds (environment): T_SETUP=45 T_ENV=45 T_PERF=75 T_PERF7B=90 T_PYTEST=60 T_GPUONLY=180
 #   T_WORKFLOW=240
 set -uo pipefail
 
@@ -39,7 +40,7 @@ WHEELS=""
 NO_WHEELS=0
 OVERLAYS=()
 BENCHMARKS=""
-STEPS="env,perf,pytest,gpuonly,workflow"
+STEPS="env,perf,perf7b,pytest,gpuonly,workflow"
 CORES=""
 KEEP=0
 LOGS=${OUT:-}
@@ -64,8 +65,8 @@ done
 
 STARTED=$(date +%s)
 for name in ${STEPS//,/ }; do
-    case "$name" in env|perf|pytest|gpuonly|workflow) ;;
-        *) echo "gpu_check.sh: unknown step '$name' in --steps (env, perf, pytest, gpuonly, workflow)" >&2; exit 2 ;;
+    case "$name" in env|perf|perf7b|pytest|gpuonly|workflow) ;;
+        *) echo "gpu_check.sh: unknown step '$name' in --steps (env, perf, perf7b, pytest, gpuonly, workflow)" >&2; exit 2 ;;
     esac
 done
 
@@ -83,7 +84,7 @@ LOGS=${LOGS:-$REPO/gpu_check_logs}
 mkdir -p "$LOGS"
 LOGS=$(cd "$LOGS" && pwd)
 cd "$REPO"
-rm -f "$LOGS"/{summary.txt,steps.tsv,checks.json,setup.log,perf.log,pytest.log,gpuonly.log,workflow.log,artifacts.tar.gz}
+rm -f "$LOGS"/{summary.txt,steps.tsv,checks.json,setup.log,perf.log,perf7b.log,pytest.log,gpuonly.log,workflow.log,artifacts.tar.gz}
 printf 'name\tstatus\tseconds\trc\tlog\tlimit\tnote\n' > "$LOGS/steps.tsv"
 CORES=${CORES:-$(nproc)}
 
@@ -157,13 +158,22 @@ step env "${T_ENV:-45}" setup.log "$PYTHON" scripts/gpu_check_summary.py env --j
 grep -E '^(python|device 0|packages|vLLM)' "$LOGS/setup.log" 2>/dev/null | sed 's/^/   /'
 
 # ---------------------------------------------------------------- perf + pytest
+# the two scales of the paper's models (Llama-3.2-3B: hidden 3072, vocab 128,256; Qwen2.5-7B: hidden
+# 3584, vocab 152,064), 8,192 tokens each
 if [ "$HAS_CUDA" = yes ]; then
-    BENCH_ARGS=(--device cuda --tokens 8192 --hidden 3072 --vocab 128256 --dtype bf16 --repeats 5)
-else  # CPU rehearsal: the benchmark's CPU-sized defaults
+    BENCH_ARGS=(--device cuda --tokens 8192 --dtype bf16 --repeats 5)
+    SCALE_3B=(--hidden 3072 --vocab 128256)
+    SCALE_7B=(--hidden 3584 --vocab 152064)
+else  # CPU rehearsal: the benchmark's CPU-sized defaults, the second with the 7B model's proportions
     BENCH_ARGS=(--device cpu --no-rss)
+    SCALE_3B=()
+    SCALE_7B=(--hidden 299 --vocab 19426)
 fi
+PERF_METHODS=naive_ce,upstream_sed,fused_ce,fused_sed,checkpointed_sed,chunked_ce,liger_ce,cce_ce
 step perf "${T_PERF:-75}" perf.log "$PYTHON" scripts/gpu_check_summary.py perf --json "$LOGS/checks.json" \
-    -- "${BENCH_ARGS[@]}" --methods naive_ce,upstream_sed,fused_ce,fused_sed,checkpointed_sed,chunked_ce,liger_ce,cce_ce
+    -- "${BENCH_ARGS[@]}" "${SCALE_3B[@]}" --methods "$PERF_METHODS"
+step perf7b "${T_PERF7B:-90}" perf7b.log "$PYTHON" scripts/gpu_check_summary.py perf --key perf7b \
+    --json "$LOGS/checks.json" -- "${BENCH_ARGS[@]}" "${SCALE_7B[@]}" --methods "$PERF_METHODS"
 step pytest "${T_PYTEST:-60}" pytest.log "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_chunked_loss.py
 step gpuonly "${T_GPUONLY:-180}" gpuonly.log "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_precision.py \
     tests/test_gpu_only.py

@@ -40,6 +40,8 @@ PERF_METHODS = ("naive_ce", "upstream_sed", "fused_ce", "fused_sed", "checkpoint
 # the CE losses a user would install instead (perf/loss.py); the goal: fused_sed within 1.10x the
 # time and 1.05x the memory of the best of them
 PEER_METHODS = ("chunked_ce", "liger_ce", "cce_ce")
+# checks.json keys of the loss perf runs (gpu_check.sh steps perf, perf7b): the scale each measures
+PERF_RUNS = {"perf": "Llama-3.2-3B scale", "perf7b": "Qwen2.5-7B scale"}
 # pipeline order of the per-rule timings; generate/grade/benchmark_data jobs are grouped
 STAGE_ORDER = ("tiny_task", "base_model", "sft_data", "rl_prompts", "benchmark_data", "threshold", "sft",
                "diversity_sft", "generate_sft", "grade_sft", "eval_report_sft", "rl", "generate_rl",
@@ -413,8 +415,9 @@ def summary(logs: Path, results: Path, elapsed: float | None = None) -> str:
             text += f"  {failure_reason(step, logs)}"
         out.append(text)
     by_name = {s["name"]: s for s in steps}
-    out.append("loss perf (forward + backward; x = relative to naive_ce):")
-    out += ["  " + line if not line.startswith("  ") else line for line in perf_lines(checks.get("perf"))]
+    for key, scale in PERF_RUNS.items():
+        out.append(f"loss perf, {scale} (forward + backward; x = relative to naive_ce):")
+        out += ["  " + line if not line.startswith("  ") else line for line in perf_lines(checks.get(key))]
     for name in ("pytest", "gpuonly"):
         step = by_name.get(name)
         if step and step["status"] != "SKIPPED":
@@ -444,6 +447,7 @@ def main(argv=None) -> int:
     e.add_argument("--json", type=Path, required=True)
     b = sub.add_parser("perf", help="run perf/loss.py with the arguments after --")
     b.add_argument("--json", type=Path, required=True)
+    b.add_argument("--key", choices=sorted(PERF_RUNS), default="perf", help="where in the JSON the rows go")
     b.add_argument("args", nargs=argparse.REMAINDER)
     s = sub.add_parser("summary", help="print the summary block")
     s.add_argument("--logs", type=Path, required=True)
@@ -459,7 +463,7 @@ def main(argv=None) -> int:
     if args.command == "perf":
         perf_args = args.args[1:] if args.args[:1] == ["--"] else args.args
         rows = run_loss_perf(perf_args)
-        update_json(args.json, "perf", {"args": perf_args, "rows": rows})
+        update_json(args.json, args.key, {"args": perf_args, "rows": rows})
         return 0
     text = summary(args.logs, args.results, args.elapsed)
     print(text)

@@ -83,8 +83,8 @@ def test_gpu_check_allow_cpu_runs_and_prints_one_summary(tmp_path):
     summary = (logs / "summary.txt").read_text()
     assert "vLLM      : NOT installed" in summary or "vLLM      : installed" in summary
     steps = {line.split("\t")[0]: line.split("\t")[1] for line in (logs / "steps.tsv").read_text().splitlines()[1:]}
-    assert steps == {"setup": "SKIPPED", "env": "OK", "perf": "SKIPPED", "pytest": "SKIPPED", "gpuonly": "SKIPPED",
-                     "workflow": "SKIPPED"}
+    assert steps == {"setup": "SKIPPED", "env": "OK", "perf": "SKIPPED", "perf7b": "SKIPPED", "pytest": "SKIPPED",
+                     "gpuonly": "SKIPPED", "workflow": "SKIPPED"}
     env = json.loads((logs / "checks.json").read_text())["env"]
     assert env["cuda_available"] is False and env["packages"]["torch"]
     assert env["sedsft_from"] == str(REPO / "src" / "sedsft")  # this checkout's src/, via PYTHONPATH
@@ -199,7 +199,9 @@ def write_fake_run(tmp_path: Path) -> tuple[Path, Path]:
            "gpu_query": "NVIDIA H200, 143771 MiB, 580.159.04", "torch": "2.11.0+cu130", "torch_cuda": "13.0",
            "cuda_available": True, "device_name": "NVIDIA H200", "bf16": True, "vllm": False,
            "packages": {"torch": "2.11.0+cu130", "trl": "1.16.0", "deepspeed": "0.19.8", "vllm": None}}
-    (logs / "checks.json").write_text(json.dumps({"env": env, "perf": {"args": ["--device", "cuda"], "rows": rows}}))
+    rows_7b = [{**r, "time": 1.25 * r["time"]} for r in rows if r["name"] != "fused_ce"]
+    (logs / "checks.json").write_text(json.dumps({"env": env, "perf": {"args": ["--device", "cuda"], "rows": rows},
+                                                  "perf7b": {"args": ["--hidden", "3584"], "rows": rows_7b}}))
     (logs / "pytest.log").write_text("....\n301 passed in 8.02s\n")
     (logs / "workflow.log").write_text("Error in rule rl:\n    log: results/tiny_gpu/logs/rl.log (check log file(s) for error details)\n")
     (results / "timings").mkdir(parents=True)
@@ -240,6 +242,10 @@ def test_summary_reports_every_figure(tmp_path, capsys):
     assert re.search(r"fused_sed\s+12\.2000\s+33\.0\s+0\.83\s+1\.0 GiB\s+0\.08", text)
     assert re.search(r"checkpointed_sed\s+n/a\s+n/a\s+n/a\s+n/a\s+n/a", text)
     assert re.search(r"method\s+loss\s+time ms\s+x time\s+peak\s+x peak", text)
+    # the second scale has its own block, after the first
+    assert text.index("loss perf, Llama-3.2-3B scale") < text.index("perf/loss.py --device cuda") \
+        < text.index("loss perf, Qwen2.5-7B scale") < text.index("perf/loss.py --hidden 3584")
+    assert re.search(r"fused_sed\s+12\.2000\s+41\.2\s+0\.82\s+1\.0 GiB\s+0\.08", text)
     assert "fused_sed / fused_ce      time x1.10, peak x1.00" in text
     assert "fused_sed / upstream_sed  time x0.41, peak x0.06" in text
     assert "pytest    : 301 passed in 8.02s" in text
@@ -277,6 +283,11 @@ def test_perf_subcommand_stores_the_loss_perf_rows(tmp_path, capsys):
     assert [r["name"] for r in perf["rows"]] == list(module.PERF_METHODS)
     lines = "\n".join(module.perf_lines(perf))
     assert "fused_sed / naive_ce" in lines and "largest" in lines
+    # the Qwen-scale run goes to its own key, beside the first
+    assert module.main(["perf", "--key", "perf7b", "--json", str(store), "--", *args, "--methods", "fused_sed"]) == 0
+    stored = json.loads(store.read_text())
+    assert [r["name"] for r in stored["perf7b"]["rows"]] == ["fused_sed"]
+    assert [r["name"] for r in stored["perf"]["rows"]] == list(module.PERF_METHODS)
 
 
 # ------------------------------------------------------------------ the workflow step's command
