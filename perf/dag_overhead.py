@@ -24,7 +24,7 @@ STAGE_IMPORTS = {
     "tiny_task": [],
     "base_model": ["torch", "transformers.Trainer"],
     "sft_data": ["transformers.AutoTokenizer"],
-    "rl_prompts": ["transformers.AutoTokenizer", "pandas"],
+    "rl_prompts": ["datasets", "pandas"],
     "benchmark_data": ["pandas"],
     "threshold": ["torch", "transformers.AutoModelForCausalLM"],
     "sft": ["torch", "transformers.Trainer"],
