@@ -108,7 +108,8 @@ def child(args) -> dict:
     work = Path(args.work_dir) / args.methods
     targs = TrainingArguments(
         output_dir=str(work), deepspeed=deepspeed_config(deepspeed),
-        per_device_train_batch_size=cfg.per_device_batch_size, gradient_accumulation_steps=1, learning_rate=cfg.learning_rate, max_steps=args.warmup + args.steps,
+        per_device_train_batch_size=cfg.per_device_batch_size, gradient_accumulation_steps=1,
+        learning_rate=cfg.learning_rate, max_steps=args.warmup + args.steps,
         gradient_checkpointing=False, max_grad_norm=cfg.max_grad_norm, logging_steps=10 ** 6, save_strategy="no",
         report_to="none", disable_tqdm=True, use_cpu=not torch.cuda.is_available(), seed=given["seed"],
         data_seed=given["seed"], remove_unused_columns=False)
