@@ -71,21 +71,19 @@ def inputs(experiment: str, config: str, workdir: str) -> dict:
             "threshold": str(built["threshold"]), "sft": exp.sft, "seed": exp.seed}
 
 
-class StepTimer:
-    """A TrainerCallback factory (transformers is imported in the child only)."""
+def step_timer(times: list[float]):
+    """A TrainerCallback appending each optimizer step's seconds to `times` (transformers is
+    imported in the child only)."""
+    from transformers import TrainerCallback
 
-    @staticmethod
-    def make(times: list[float]):
-        from transformers import TrainerCallback
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
 
-        class Timer(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                self.started = time.perf_counter()
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.started)
 
-            def on_step_end(self, args, state, control, **kwargs):
-                times.append(time.perf_counter() - self.started)
-
-        return Timer()
+    return StepTimer()
 
 
 def child(args) -> dict:
@@ -130,7 +128,7 @@ def child(args) -> dict:
         trainer = make_trainer_class()(**common, loss_settings=loss_settings(cfg, tau), loss_impl=impl,
                                        chunk_size=cfg.loss_chunk_size)
     times: list[float] = []
-    trainer.add_callback(StepTimer.make(times))
+    trainer.add_callback(step_timer(times))
     trainer.train()
     timed, tokens = times[args.warmup:], label_tokens[args.warmup:len(times)]
     return {"name": args.methods, "step_s": statistics.median(timed), "steps": len(timed),
