@@ -17,7 +17,9 @@ Each method runs in a fresh process (with --zero3: a fresh torchrun of 2 ranks),
 is its own: --warmup steps, then --steps timed ones. A step is the Trainer's optimizer step
 (forward, backward, clipping, AdamW), timed by a TrainerCallback. Reported: the median step time,
 label tokens/s over the timed steps (with --zero3 summed over the ranks), peak RSS (ru_maxrss;
-with --zero3 the largest rank's), and each as a ratio to the first method listed.
+with --zero3 the largest rank's), and each as a ratio to the first method listed. --repeats R runs
+R rounds of all the methods in turn and reports the medians over rounds, each ratio the median of
+the ratios within a round (the machine's speed drifts between runs; a round's methods share it).
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ def main(argv=None):
                                                                "sft.per_device_batch_size)")
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per method")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocator, lazy initialisation)")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of all methods; ratios: the median over rounds")
     p.add_argument("--zero3", action="store_true", help="2 CPU ranks (gloo) under DeepSpeed ZeRO-3")
     p.add_argument("--work-dir", default="/tmp/sedsft_perf_sft_step", help="the Trainers' scratch output_dir")
     p.add_argument("--json", metavar="FILE", help="also write the rows (and the settings) as JSON")
@@ -186,13 +189,21 @@ def main(argv=None):
     given = inputs(args.experiment, args.config, args.workdir)
     print(f"{args.experiment}: {given['model']}, batch {args.batch_size or given['sft'].per_device_batch_size}, "
           f"{'ZeRO-3 on 2 gloo ranks' if args.zero3 else f'1 process, {os.cpu_count()} threads'}, "
-          f"median of {args.steps} steps after {args.warmup}")
-    rows = [run_method(name, args) for name in names]
-    base = rows[0]
-    for r in rows:
-        r["x_step_time"] = r["step_s"] / base["step_s"]
-        r["x_tokens_per_s"] = r["label_tokens_per_s"] / base["label_tokens_per_s"]
-        r["x_peak_rss"] = r["peak_rss"] / base["peak_rss"]
+          f"median of {args.steps} steps after {args.warmup}, {args.repeats} round(s) of the methods")
+    # rounds of every method in turn: a machine that drifts (by a third here between runs) shifts
+    # a round's methods together, so each ratio is taken within its round, then the median over rounds
+    rounds = [[run_method(name, args) for name in names] for _ in range(args.repeats)]
+    rows = []
+    for i, name in enumerate(names):
+        runs = [r[i] for r in rounds]
+        row = {**runs[0], **{k: statistics.median(run[k] for run in runs)
+                             for k in ("step_s", "label_tokens_per_s", "peak_rss")}, "rounds": len(runs)}
+        for ratio, key in (("x_step_time", "step_s"), ("x_tokens_per_s", "label_tokens_per_s"),
+                           ("x_peak_rss", "peak_rss")):
+            per_round = [run[key] / r[0][key] for run, r in zip(runs, rounds)]
+            row[ratio] = statistics.median(per_round)
+            row[ratio + "_per_round"] = per_round
+        rows.append(row)
     header = f"{'method':<18}{'step s':>9}{'tok/s':>9}{'x tok/s':>9}{'peak RSS':>11}{'x RSS':>8}{'loss':>9}"
     print(header + "\n" + "-" * len(header))
     for r in rows:

@@ -47,17 +47,20 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
 def test_every_method_trains_on_the_same_batches_and_is_written_as_data(workdir, tmp_path):
     out_json, out_csv = tmp_path / "step.json", tmp_path / "step.csv"
     done = run_script("--workdir", str(workdir), "--batch-size", "2", "--steps", "2", "--warmup", "1",
-                      "--methods", "trainer_ce,ce_fused,sed_fused", "--work-dir", str(tmp_path / "work"),
-                      "--json", str(out_json), "--csv", str(out_csv))
+                      "--repeats", "2", "--methods", "trainer_ce,ce_fused,sed_fused",
+                      "--work-dir", str(tmp_path / "work"), "--json", str(out_json), "--csv", str(out_csv))
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out_json.read_text())["rows"]
     assert [r["name"] for r in rows] == ["trainer_ce", "ce_fused", "sed_fused"]
-    assert all(r["steps"] == 2 and r["step_s"] > 0 and r["label_tokens_per_s"] > 0 and r["peak_rss"] > 0
+    assert all(r["steps"] == 2 and r["rounds"] == 2 and r["step_s"] > 0 and r["label_tokens_per_s"] > 0 and r["peak_rss"] > 0
                for r in rows)
     first, ce_fused, sed = rows
     assert first["x_step_time"] == first["x_peak_rss"] == 1.0
-    assert ce_fused["x_tokens_per_s"] == pytest.approx(ce_fused["label_tokens_per_s"] / first["label_tokens_per_s"])
-    # the Trainer's own CE and our fused CE: the same loss over the same three batches
+    # two rounds: each ratio is the median (here the mean) of the two ratios taken within a round
+    assert all(len(r["x_tokens_per_s_per_round"]) == 2 for r in rows)
+    assert first["x_tokens_per_s_per_round"] == [1.0, 1.0]
+    assert ce_fused["x_tokens_per_s"] == pytest.approx(sum(ce_fused["x_tokens_per_s_per_round"]) / 2)
+    # the Trainer's own CE and our fused CE: the same loss over the same three batches (in each round)
     assert ce_fused["final_loss"] == pytest.approx(first["final_loss"], rel=1e-5)
     assert sed["final_loss"] != pytest.approx(first["final_loss"], rel=1e-5)  # SED adds its term
     with open(out_csv) as fh:
