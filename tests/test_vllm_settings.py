@@ -118,8 +118,9 @@ def test_vllm_rollouts_on_a_cpu_build_of_vllm_are_refused_naming_the_setting(tmp
     from sedsft.hardware import HardwareError
     from sedsft.rl import grpo_config
 
-    monkeypatch.setattr("sedsft.rl.has_cuda", lambda: False)
-    monkeypatch.setattr("sedsft.rl.vllm_is_cpu_build", lambda: True)
+    monkeypatch.setattr("sedsft.hardware.has_cuda", lambda: False)
+    monkeypatch.setattr("sedsft.hardware.has_vllm", lambda: True)
+    monkeypatch.setattr("sedsft.hardware.vllm_is_cpu_build", lambda: True)
     raw = real_config()
     raw["experiments"]["smollm2"]["rl"]["use_vllm"] = True
     with pytest.raises(HardwareError, match=r"rl.use_vllm: true on vLLM's CPU build.*Set rl.use_vllm: false"):

