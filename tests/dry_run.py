@@ -33,6 +33,7 @@ PLAN_TARGETS = (
     "results/tiny_gpu/rl_eval.json",
     "results/compare/tiny.md",
     "results/compare/llama3b.md",
+    "results/compare/sft_diversity/smollm2.md",
 )
 
 

@@ -364,6 +364,20 @@ def test_the_tiny_comparison_plans_both_experiments():
     assert {f"results/{exp}/sft/metrics.jsonl" for exp in EXPERIMENTS} <= set(compare_job.inputs)
 
 
+def test_the_smollm2_diversity_comparison_plans_sft_and_sampling_only():
+    from dry_run import shared_plan
+
+    plan = shared_plan()
+    jobs = plan.rules("results/compare/sft_diversity/smollm2.md")
+    # three seeds of SED and of CE: their SFT and the samples of it, nothing of RL or evaluation
+    assert jobs["compare_diversity"] == 1 and jobs["sft"] == jobs["diversity"] == 6
+    assert not {"rl", "generate", "grade", "eval_report", "compare"} & set(jobs)
+    outputs = plan.outputs("results/compare/sft_diversity/smollm2.md")
+    for run in ("smollm2", "smollm2.seed43", "smollm2.seed44", "smollm2_ce", "smollm2_ce.seed43", "smollm2_ce.seed44"):
+        assert f"results/{run}/sft/diversity.json" in outputs
+    assert "results/compare/sft_diversity/smollm2.png" in outputs
+
+
 def test_the_llama3b_comparison_plans():
     from dry_run import shared_plan
 

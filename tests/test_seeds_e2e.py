@@ -34,7 +34,7 @@ EXPERIMENTS = {
     A: {"extends": EXP, "seeds": SEEDS, "eval": {"benchmarks": []}, "diversity": {"benchmarks": ["tiny"]}},
     B: {"extends": A, "sft": {"loss": "ce"}},
 }
-TARGETS = (f"results/compare/{A}.md", f"results/{A}/seeds.json")
+TARGETS = (f"results/compare/{A}.md", f"results/{A}/seeds.json", f"results/compare/sft_diversity/{A}.md")
 
 
 def overlay(path, experiments=EXPERIMENTS):
@@ -152,6 +152,41 @@ def test_the_comparison_tests_the_difference_over_seeds_and_over_problems(seeds_
     assert "paired t-test over seeds" in table and "paired permutation test over problems" in table
     assert any(summary["differences"][B][stage]["tiny"]["over_problems"]["p"] < 1 for stage in ("sft", "rl"))
     assert (workdir / "results" / "compare" / f"{A}_seeds.png").stat().st_size > 1000
+
+
+def diversity_metric(workdir, run, key):
+    summary = json.loads((workdir / "results" / run / "sft" / "diversity.json").read_text())
+    return summary["pass_at_k"]["1"] if key == "pass@1" else summary[key]
+
+
+def test_the_sft_diversity_comparison_is_the_diversity_files_over_seeds(seeds_run):
+    workdir, _ = seeds_run
+    summary = json.loads((workdir / "results" / "compare" / "sft_diversity" / f"{A}.json").read_text())
+    assert summary["reference"] == A and summary["seeds"] == {A: SEEDS, B: SEEDS}
+    checked = 0
+    for key in ("distinct_1", "distinct_3", "self_bleu", "mean_token_entropy", "pass@1"):
+        if key not in summary["differences"][B]:
+            continue
+        a = [diversity_metric(workdir, run, key) for run in runs(A).values()]
+        b = [diversity_metric(workdir, run, key) for run in runs(B).values()]
+        mean, sd, ci = t_interval(a)
+        row = summary["aggregate"][A][key]
+        assert row["values"] == pytest.approx(a) and row["mean"] == pytest.approx(mean)
+        assert row["ci95"] == pytest.approx(ci)
+        d = [x - y for x, y in zip(a, b)]
+        result = summary["differences"][B][key]
+        assert result["difference"] == pytest.approx(sum(d) / 2) and result["test"] == "paired t-test over seeds"
+        if d[0] != d[1]:
+            # t with one degree of freedom is Cauchy: p = 1 - (2 / pi) atan|t|
+            d_mean, d_sd, d_ci = t_interval(d)
+            t = d_mean / (d_sd / math.sqrt(2))
+            assert result["p"] == pytest.approx(1 - 2 / math.pi * math.atan(abs(t)))
+            assert result["ci95"] == pytest.approx(d_ci)
+            checked += 1
+    assert checked >= 3
+    table = (workdir / "results" / "compare" / "sft_diversity" / f"{A}.md").read_text()
+    assert f"## {A} − {B}" in table and "paired t-test over seeds" in table
+    assert (workdir / "results" / "compare" / "sft_diversity" / f"{A}.png").stat().st_size > 1000
 
 
 def test_a_new_seed_runs_only_what_it_lacks(seeds_run):

@@ -190,12 +190,26 @@ def comparison_summary(name: str = NAME) -> str:
     return f"{RESULTS}/compare/{name}.json"
 
 
-def comparison_log(name: str = NAME) -> str:
-    return f"{RESULTS}/compare/logs/compare_{name}.log"
+# The SFT-diversity comparison over seeds lives in its own folder: results/compare/{name}.md's
+# pattern would otherwise also match results/compare/{name}_diversity.md.
+def diversity_comparison_table(name: str = NAME) -> str:
+    return f"{RESULTS}/compare/sft_diversity/{name}.md"
 
 
-def comparison_timing(name: str = NAME) -> str:
-    return f"{RESULTS}/compare/timings/compare_{name}.tsv"
+def diversity_comparison_plot(name: str = NAME) -> str:
+    return f"{RESULTS}/compare/sft_diversity/{name}.png"
+
+
+def diversity_comparison_summary(name: str = NAME) -> str:
+    return f"{RESULTS}/compare/sft_diversity/{name}.json"
+
+
+def comparison_log(name: str = NAME, stage: str = "compare") -> str:
+    return f"{RESULTS}/compare/logs/{stage}_{name}.log"
+
+
+def comparison_timing(name: str = NAME, stage: str = "compare") -> str:
+    return f"{RESULTS}/compare/timings/{stage}_{name}.tsv"
 
 
 # ----------------------------------------------------------------------------- writing

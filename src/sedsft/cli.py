@@ -43,7 +43,7 @@ def _settings(args) -> dict:
     if not args.config:
         raise C.ConfigError("give --settings JSON or --config FILE with --experiment NAME")
     raw = C.load_config(args.config)
-    if args.stage == "compare":  # --experiment names a comparison (config.yaml's `comparisons`)
+    if args.stage in ("compare", "compare-diversity"):  # --experiment names a comparison (config.yaml's `comparisons`)
         return C.comparison_settings(raw, args.experiment, Path(args.config).resolve().parent)
     settings = C.experiment_settings(raw, args.experiment, Path(args.config).resolve().parent)
     C.parse_experiment(settings, args.experiment)  # full check when run by hand

@@ -7,6 +7,8 @@ same figure.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -138,7 +140,8 @@ def plot_training(runs: Mapping[str, Mapping[str, list[dict]]], path: str | Path
 
 
 def plot_seeds(aggregates: Mapping[str, Mapping[str, Mapping[str, dict]]], path: str | Path,
-               title: str = "over seeds", names: tuple[str, ...] = ("average", "tiny")) -> Path:
+               title: str = "over seeds", names: tuple[str, ...] = ("average", "tiny"),
+               ylabel: str = "accuracy (points)") -> Path:
     """Every seed's accuracy (dots) with the mean and its 95 % interval (bar), one panel per
     benchmark in `names` that the results hold (the mean of the eight, the tiny test set), one
     column per experiment and stage. aggregates: experiment -> stage -> benchmark ->
@@ -147,10 +150,14 @@ def plot_seeds(aggregates: Mapping[str, Mapping[str, Mapping[str, dict]]], path:
     if not panels:
         raise ValueError("plot_seeds: none of the benchmarks to draw is in the results")
     path = Path(path)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 + 2.5 * len(panels), 4), dpi=100, squeeze=False)
+    ncols = min(len(panels), 5)  # many panels (diversity metrics) wrap into rows
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 + 2.5 * ncols, 4 * nrows), dpi=100, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     columns = [(e, s) for e, by_stage in aggregates.items() for s in by_stage]
     colors = dict(zip(aggregates, _colors(len(aggregates))))
-    for ax, name in zip(axes[0], panels):
+    for ax, name in zip(axes.flat, panels):
         for x, (exp, stage) in enumerate(columns):
             row = aggregates[exp][stage].get(name)
             if row is None:
@@ -163,7 +170,7 @@ def plot_seeds(aggregates: Mapping[str, Mapping[str, Mapping[str, dict]]], path:
                         color=colors[exp], capsize=4, markersize=5, zorder=4)
         ax.set_xticks(range(len(columns)), [f"{e}\n{s.upper()}" for e, s in columns], fontsize=8)
         ax.set_title({"average": "mean of the eight", "tiny": "tiny test set"}.get(name, name), fontsize=10)
-        ax.set_ylabel("accuracy (points)")
+        ax.set_ylabel(ylabel)
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(f"{title}: seeds (dots), mean and 95 % interval (squares)", fontsize=10)
     fig.tight_layout()

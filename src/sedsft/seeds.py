@@ -154,6 +154,35 @@ def compare_over_seeds(seed_runs: dict[str, dict[int, str]], results_dir: str | 
     return out
 
 
+def load_diversity(results_dir: str | Path, runs: dict[int, str]) -> dict[int, dict]:
+    """seed -> {"diversity": the SFT model's diversity summary}: all the SFT-diversity comparison reads."""
+    loaded = {}
+    for seed, run in runs.items():
+        path = _path(results_dir, artifacts.diversity_summary("sft", run))
+        if not path.is_file():
+            raise FileNotFoundError(f"seed {seed} ({run}) lacks {path} (build it with "
+                                    f"`snakemake {artifacts.diversity_summary('sft', run)}`)")
+        loaded[seed] = {"diversity": _read_json(path)}
+    return loaded
+
+
+def compare_diversity_over_seeds(seed_runs: dict[str, dict[int, str]], results_dir: str | Path) -> dict:
+    """The SFT models' diversity only (results/compare/sft_diversity/{name}.md): per experiment
+    every metric over seeds, and the first experiment minus each other one tested over seeds. It
+    needs no RL and no evaluation, so a real model's comparison of the method's direct claim
+    costs SFT and sampling only."""
+    experiments = list(seed_runs)
+    values = {e: diversity_values(load_diversity(results_dir, seed_runs[e])) for e in experiments}
+    first = experiments[0]
+    return {"reference": first, "seeds": {e: sorted(seed_runs[e]) for e in experiments},
+            "per_seed": values,
+            "aggregate": {e: {key: stats.interval(list(by_seed.values())) for key, by_seed in values[e].items()}
+                          for e in experiments},
+            "differences": {other: {key: stats.seed_difference(values[first][key], values[other][key])
+                                    for key in values[first] if key in values[other]}
+                            for other in experiments[1:]}}
+
+
 def readings(comparison: dict) -> list[str]:
     """The plain lines: the mean of the eight (and the tiny task's own test set) per stage."""
     lines = []
@@ -244,6 +273,63 @@ def comparison_markdown(comparison: dict) -> list[str]:
             lines.append(f"| {key} | {_num(d['difference'], '.3f', signed=True)} | {_ci(d['ci95'], '.3f')} "
                          f"| {_num(d['p'], '.3g')} | {_planned(d['seeds_needed'])} |")
     return lines
+
+
+def diversity_comparison_markdown(name: str, comparison: dict, plot: str | None = None) -> str:
+    first = comparison["reference"]
+    seeds = ", ".join(f"`{e}` {len(s)} ({', '.join(map(str, s))})" for e, s in comparison["seeds"].items())
+    lines = [f"# {name}: diversity of the SFT models over seeds", "",
+             f"Seeds: {seeds}. Each metric is computed from the SFT model's own samples "
+             "(results/<run>/sft/diversity.json); mean, sd and the 95 % t interval are over seeds.", ""]
+    experiments = list(comparison["aggregate"])
+    header = ["metric", *[f"`{e}` mean [95 % CI]" for e in experiments]]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for key in comparison["aggregate"][first]:
+        cells = [key] + [f"{_num(comparison['aggregate'][e][key]['mean'], '.3f')} "
+                         f"{_ci(comparison['aggregate'][e][key]['ci95'], '.3f')}"
+                         if key in comparison["aggregate"][e] else "–" for e in experiments]
+        lines.append("| " + " | ".join(cells) + " |")
+    for other, diff in comparison["differences"].items():
+        lines += ["", f"## {first} − {other}", "",
+                  "| metric | difference | 95 % CI | p | test | seeds for 80 % power |", "|---|---|---|---|---|---|"]
+        for key, d in diff.items():
+            lines.append(f"| {key} | {_num(d['difference'], '.3f', signed=True)} | {_ci(d['ci95'], '.3f')} "
+                         f"| {_num(d['p'], '.3g')} | {d['test'] or '–'} | {_planned(d['seeds_needed'])} |")
+        lines.append("")
+        for key, d in diff.items():
+            lines.append(f"- {stats.reading(f'{first} − {other}, SFT {key}', d, unit='', digits=3)}")
+    if plot:
+        lines += ["", f"![every seed's value, the mean and its interval]({Path(plot).name})"]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the compare_diversity stage
+
+
+def compare_diversity_arguments(parser) -> None:
+    # --experiment names the comparison (config.yaml's `comparisons`)
+    parser.add_argument("--results", required=True, help="the folder holding results/<run>/ of every seed run")
+    parser.add_argument("--out-md", required=True, help="<comparison>.md this stage writes: the tables")
+    parser.add_argument("--plot", help="PNG this stage writes: every seed's value with the intervals")
+
+
+def run_compare_diversity(args, settings: dict) -> dict:
+    """settings: the comparison (common.smk comparison_json); its seed runs, or when run by hand
+    from --config, each experiment's own."""
+    from sedsft.config import seed_runs
+
+    runs = settings.get("seed_runs") or {e: seed_runs(e, settings["settings"][e]) for e in settings["experiments"]}
+    runs = {e: {int(seed): run for seed, run in runs[e].items()} for e in settings["experiments"]}
+    summary = {"comparison": settings["comparison"], **compare_diversity_over_seeds(runs, args.results)}
+    if args.plot:
+        from sedsft.plots import plot_seeds
+
+        plot_seeds({e: {"sft": rows} for e, rows in summary["aggregate"].items()}, args.plot,
+                   title=f"{settings['comparison']}: SFT diversity", names=tuple(summary["aggregate"][summary["reference"]]),
+                   ylabel="value")
+        summary["plot"] = str(args.plot)
+    artifacts.write_text(args.out_md, diversity_comparison_markdown(settings["comparison"], summary, args.plot))
+    return summary
 
 
 # ----------------------------------------------------------------------------- the seeds stage

@@ -48,6 +48,7 @@ STAGES: dict[str, Stage] = {
     "eval_report": Stage("sedsft.evaluate", None),  # reads only the files it is given
     "seeds": Stage("sedsft.seeds", None),  # --settings: the experiment and its seed runs (common.smk seeds_json)
     "compare": Stage("sedsft.compare", None),  # --settings: the comparison (common.smk comparison_json)
+    "compare_diversity": Stage("sedsft.seeds", None),  # the comparison's SFT diversity only, over seeds
 }
 
 

@@ -121,13 +121,13 @@ def problem_difference(a: Sequence[float], b: Sequence[float], weights: Sequence
     return out
 
 
-def reading(label: str, result: dict, unit: str = "points") -> str:
+def reading(label: str, result: dict, unit: str = " points", digits: int = 1) -> str:
     """One plain line: the difference, its interval, p, and whether zero is excluded."""
     ci = result.get("ci95")
     if ci is None or result.get("p") is None:
-        return (f"{label}: {result['difference']:+.1f} {unit} from one run per side; "
+        return (f"{label}: {result['difference']:+.{digits}f}{unit} from one run per side; "
                 f"no interval without at least two seeds per side")
     verdict = ("not distinguishable from zero at this sample size" if ci[0] <= 0 <= ci[1]
                else "distinguishable from zero (the interval excludes it)")
-    return (f"{label}: {result['difference']:+.1f} {unit}, 95 % CI [{ci[0]:+.1f}, {ci[1]:+.1f}], "
+    return (f"{label}: {result['difference']:+.{digits}f}{unit}, 95 % CI [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}], "
             f"p = {result['p']:.3g} ({result['test']}); {verdict}")

@@ -40,3 +40,28 @@ rule compare:
         " --diversity-plot {output.diversity_plot} --training-plot {output.training_plot}"
         " --seeds-plot {output.seeds_plot}"
         " --summary {output.summary} > {log} 2>&1"
+
+
+# The SFT models' diversity only, over seeds (results/compare/sft_diversity/{name}.md): the method's
+# direct claim, for a real model whose RL and evaluation would cost far more than its SFT.
+rule compare_diversity:
+    input:
+        diversity=comparison_seed_inputs(lambda run: artifacts.diversity_summary("sft", run)),
+    output:
+        table=compare_report(artifacts.diversity_comparison_table(), "SFT diversity over seeds (Markdown)"),
+        plot=compare_report(artifacts.diversity_comparison_plot(), "SFT diversity over seeds"),
+        summary=artifacts.diversity_comparison_summary(),
+    log:
+        artifacts.comparison_log(stage="compare_diversity"),
+    benchmark:
+        artifacts.comparison_timing(stage="compare_diversity")
+    wildcard_constraints:
+        name="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    conda:
+        CONDA_ENV
+    threads: 1
+    params:
+        settings=comparison_json,
+    shell:
+        "sedsft compare-diversity --experiment {wildcards.name} --settings {params.settings:q} --results results"
+        " --out-md {output.table} --plot {output.plot} --summary {output.summary} > {log} 2>&1"
