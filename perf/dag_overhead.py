@@ -35,6 +35,7 @@ STAGE_IMPORTS = {
     "eval_report": ["pandas"],
     "seeds": ["scipy.stats", "matplotlib.pyplot"],
     "compare": ["scipy.stats", "matplotlib.pyplot"],
+    "compare_diversity": ["scipy.stats", "matplotlib.pyplot"],
 }
 DONE = re.compile(r" done in ([0-9.]+) s")
 
