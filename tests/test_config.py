@@ -87,6 +87,13 @@ def test_the_tiny_experiment_is_tiny_and_the_others_are_not():
     assert not load_experiment(CONFIG, "llama3b").is_tiny
 
 
+def test_tiny_heldout_is_tiny_on_seeds_its_tuning_never_saw():
+    # README "Seeds": the tiny RL recipe was tuned on tiny's seeds; tiny_heldout checks it elsewhere
+    tiny, heldout = load_experiment(CONFIG, "tiny"), load_experiment(CONFIG, "tiny_heldout")
+    assert not set(heldout.seeds) & set(tiny.seeds)
+    assert heldout.rl == tiny.rl and heldout.sft == tiny.sft and heldout.model == tiny.model
+
+
 def test_load_config_reports_a_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
